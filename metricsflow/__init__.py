@@ -1,0 +1,3 @@
+"""metricsflow: a small, real, Flink-like stream engine for downsampling monitoring metrics."""
+
+__version__ = "0.1.0"

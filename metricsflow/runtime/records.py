@@ -1,0 +1,145 @@
+"""What flows through the job graph: columnar micro-batches, watermarks, barriers (in band).
+
+Data moves in micro-batches (design.md, section 8): one ``RecordBatch`` holds the points one
+source read from one partition (a key group) in one go, as NumPy columns. Watermarks and
+checkpoint barriers are separate stream elements *between* batches, never inside one, so they
+keep their per-record meaning while the operators work per batch.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+Int64Array = npt.NDArray[np.int64]
+Float64Array = npt.NDArray[np.float64]
+Int32Array = npt.NDArray[np.int32]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """Numeric points of one key group (partition), column by column.
+
+    Row ``i`` is one value of the time series ``keys[key_idx[i]]`` (database, series key and
+    field key, see :func:`window_key`) at ``ts_ns[i]``.
+    Rows are in arrival order: when two rows share a key and a timestamp, the later row wins
+    (InfluxDB's point identity). ``keys`` may hold keys no row uses.
+    """
+
+    key_group: int
+    keys: tuple[str, ...]
+    key_idx: Int32Array
+    ts_ns: Int64Array
+    values: Float64Array
+
+    def __len__(self) -> int:
+        return int(self.ts_ns.shape[0])
+
+
+KEY_SEPARATOR = "\x00"
+
+
+def window_key(database: str, series_key: str, field_key: str) -> str:
+    """The key of one time series: database, series key and field key, NUL-separated.
+
+    NUL cannot occur in any of the three (line protocol forbids it), so the split is exact.
+    """
+    return f"{database}{KEY_SEPARATOR}{series_key}{KEY_SEPARATOR}{field_key}"
+
+
+def split_window_key(key: str) -> tuple[str, str, str]:
+    """Inverse of :func:`window_key`: ``(database, series_key, field_key)``."""
+    database, series_key, field_key = key.split(KEY_SEPARATOR)
+    return database, series_key, field_key
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateBatch:
+    """Window results (partial aggregates) of one tier for one key group, column by column.
+
+    Row ``i`` is the aggregate of time series ``keys[key_idx[i]]`` over the tumbling window
+    ``[window_start_ns[i], window_start_ns[i] + window_ns)``. A row may be a re-emission that
+    replaces an earlier row of the same (key, window): consumers overwrite, never add.
+    ``count``, ``min``, ``max``, ``first`` and ``last`` are exact; ``sum`` is a float sum.
+    ``first``/``last`` are the values at the smallest/largest timestamp in the window.
+    """
+
+    key_group: int
+    tier: str
+    window_ns: int
+    keys: tuple[str, ...]
+    key_idx: Int32Array
+    window_start_ns: Int64Array
+    count: Int64Array
+    sum: Float64Array
+    min: Float64Array
+    max: Float64Array
+    first_ts_ns: Int64Array
+    first: Float64Array
+    last_ts_ns: Int64Array
+    last: Float64Array
+
+    def __len__(self) -> int:
+        return int(self.window_start_ns.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class RawLinesBatch:
+    """Points for the raw tier, exactly as read: canonical line protocol (ns timestamps).
+
+    The raw tier is written from these, unchanged, so that it keeps every field type
+    (strings and booleans too) and InfluxDB's own identity rules apply to it.
+    """
+
+    key_group: int
+    database: str
+    lines: bytes
+    point_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """No more points with ``ts_ns < timestamp_ns`` are expected on this key group."""
+
+    key_group: int
+    timestamp_ns: int
+
+
+class CheckpointType(enum.Enum):
+    CHECKPOINT = "checkpoint"
+    SAVEPOINT = "savepoint"
+
+
+class CheckpointingMode(enum.Enum):
+    EXACTLY_ONCE = "exactly_once"
+    AT_LEAST_ONCE = "at_least_once"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointOptions:
+    checkpoint_type: CheckpointType = CheckpointType.CHECKPOINT
+    mode: CheckpointingMode = CheckpointingMode.EXACTLY_ONCE
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointBarrier:
+    """Barrier ``checkpoint_id``: everything before it belongs to checkpoint n's state."""
+
+    checkpoint_id: int
+    timestamp_ns: int
+    options: CheckpointOptions = field(default_factory=CheckpointOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfPartition:
+    """The source of this key group has no more input (bounded sources, tests)."""
+
+    key_group: int
+
+
+StreamElement = (
+    RecordBatch | AggregateBatch | RawLinesBatch | Watermark | CheckpointBarrier | EndOfPartition
+)
