@@ -87,6 +87,10 @@ class CheckpointStorage(abc.ABC):
         """Read a file and verify its size and checksum (``CheckpointError`` if they differ)."""
 
     @abc.abstractmethod
+    def read_bytes(self, relative_path: str) -> bytes:
+        """Read a file there is no handle for (``chk-<id>/_metadata``); no checksum to verify."""
+
+    @abc.abstractmethod
     def exists(self, relative_path: str) -> bool: ...
 
     @abc.abstractmethod
