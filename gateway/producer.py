@@ -1,0 +1,183 @@
+"""The Kafka side of the gateway: partition, encode ``lp1`` records, produce, await acks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from gateway.base import KafkaUnavailableError, OverloadedError, ParsedWrite
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+from metricsflow.model.message import encode_lines
+from metricsflow.model.partition import series_hash
+
+logger = logging.getLogger(__name__)
+
+
+class KafkaWriter:
+    """Owns one idempotent ``acks=all`` producer; :meth:`write` returns once all acks are in.
+
+    Backpressure: a request first reserves its body size against ``max_inflight_bytes``
+    (429 beyond); the reservation is released when every record of the request is settled
+    (acknowledged or failed) — not merely when the HTTP reply went out — so memory held by
+    requests that timed out is counted until the producer lets go of it.
+    """
+
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.inflight_bytes = 0
+        self._producer: AIOKafkaProducer | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        return AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=None if s.compression == "none" else s.compression,
+            linger_ms=s.linger_ms,
+            max_batch_size=s.max_batch_bytes,
+            max_request_size=s.max_batch_bytes + 65_536,
+            request_timeout_ms=max(1_000, int(s.produce_deadline_s * 1000)),
+            client_id="metricsflow-gateway",
+        )
+
+    async def start(self) -> None:
+        """Connect now if Kafka is there; otherwise keep trying in the background."""
+        self._connect_task = asyncio.create_task(self._connect_loop())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._started.wait(), self.settings.produce_deadline_s)
+
+    async def _connect_loop(self) -> None:
+        delay = 0.5
+        while True:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+                await producer.partitions_for(self.settings.topic)
+            except (KafkaError, OSError) as exc:
+                logger.warning("kafka not reachable yet (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._producer = producer
+            self._started.set()
+            logger.info("kafka producer connected bootstrap=%s", self.settings.bootstrap_servers)
+            return
+
+    async def stop(self) -> None:
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connect_task
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def healthy(self, timeout_s: float = 2.0) -> bool:
+        """A real metadata request to the brokers succeeds within ``timeout_s``."""
+        if self._producer is None:
+            return False
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout_s)
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        return True
+
+    def reserve(self, nbytes: int) -> None:
+        """Count ``nbytes`` as in flight, or raise :class:`OverloadedError` (429)."""
+        if self.inflight_bytes and self.inflight_bytes + nbytes > self.settings.max_inflight_bytes:
+            raise OverloadedError(
+                f"too many bytes in flight to Kafka ({self.inflight_bytes}); retry later",
+                retry_after_s=self.settings.retry_after_s,
+            )
+        self.inflight_bytes += nbytes
+        self.metrics.inflight_bytes.set(self.inflight_bytes)
+
+    def release(self, nbytes: int) -> None:
+        self.inflight_bytes -= nbytes
+        self.metrics.inflight_bytes.set(self.inflight_bytes)
+
+    async def write(self, parsed: ParsedWrite, reserved: int) -> None:
+        """Produce every line; return when all are acknowledged, else raise 503.
+
+        Takes over the ``reserved`` bytes: they are released when all sends settle.
+        """
+        handed_over = False
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            if not parsed.lines:
+                return
+            producer = self._producer
+            if producer is None:
+                raise self._unavailable("not connected to Kafka")
+            deadline = self.settings.produce_deadline_s
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(deadline):
+                    partitions = await producer.partitions_for(self.settings.topic)
+                    count = len(partitions)
+                    groups: dict[int, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+                    for key, line in zip(parsed.series_keys, parsed.lines, strict=True):
+                        keys, lines = groups[series_hash(key) % count]
+                        keys.append(key)
+                        lines.append(line)
+                    for partition, (keys, lines) in groups.items():
+                        records = encode_lines(
+                            keys, lines, parsed.db, parsed.rp, received_ns=parsed.received_ns
+                        )
+                        for rec in records:
+                            fut = await producer.send(
+                                self.settings.topic,
+                                value=rec.value,
+                                key=rec.key,
+                                partition=partition,
+                                headers=rec.headers,
+                            )
+                            futures.append(fut)
+                    self.metrics.records.inc(len(futures))
+                    self._release_when_settled(futures, reserved)
+                    handed_over = True
+                    await asyncio.gather(*(asyncio.shield(f) for f in futures))
+            except TimeoutError:
+                raise self._unavailable(
+                    f"Kafka did not acknowledge within {deadline:g}s; retry"
+                ) from None
+            except KafkaError as exc:
+                raise self._unavailable(f"Kafka error: {exc}; retry") from None
+            self.metrics.produce_seconds.observe(time.perf_counter() - started)
+        finally:
+            if not handed_over:
+                self._release_when_settled(futures, reserved)
+
+    def _release_when_settled(self, futures: list[asyncio.Future[Any]], nbytes: int) -> None:
+        if not futures:
+            self.release(nbytes)
+            return
+        remaining = len(futures)
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            nonlocal remaining
+            if not fut.cancelled():
+                fut.exception()  # mark retrieved
+            remaining -= 1
+            if remaining == 0:
+                self.release(nbytes)
+
+        for fut in futures:
+            fut.add_done_callback(done)
+
+    def _unavailable(self, message: str) -> KafkaUnavailableError:
+        return KafkaUnavailableError(message, retry_after_s=self.settings.retry_after_s)

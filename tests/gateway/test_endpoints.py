@@ -1,0 +1,230 @@
+"""Endpoint behaviour against a real gateway process and the real broker."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+
+import cramjam
+import httpx
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.remote_write import WriteRequest
+from metricsflow.errors import ParseError
+from metricsflow.model.lineprotocol import parse_line
+from metricsflow.model.point import Point, Unsigned
+from tests.gateway.conftest import GatewayFactory, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_bad_line_rejects_the_whole_request_naming_line_column_and_text(
+    topic_factory, gateway_factory: GatewayFactory, kafka_broker
+) -> None:
+    topic = await topic_factory(partitions=2)
+    gw = gateway_factory(topic)
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        r = await client.post("/write?db=x", content=b"m v=1 1\nm v=2 2\ncpu,host=a v=abc 3")
+        assert r.status_code == 400
+        assert r.json() == {
+            "error": "line 3, column 14: invalid field value 'abc' for field 'v' (text: 'abc')"
+        }
+        r2 = await client.post("/api/v2/write?bucket=x", content=b"m,a v=1")
+        assert r2.status_code == 400
+        assert r2.json()["code"] == "invalid"
+        assert r2.json()["message"].startswith("line 1, column 3: missing tag value")
+        assert (await client.post("/write", content=b"m v=1")).json() == {
+            "error": "database is required"
+        }
+        assert (
+            await client.post("/write?db=x&precision=fortnight", content=b"m v=1")
+        ).status_code == 400
+        assert (
+            await client.post("/api/v2/write?bucket=x&precision=h", content=b"m v=1")
+        ).status_code == 400
+        ok = await client.post("/write?db=x", content=b"ok v=1 1")
+        assert ok.status_code == 204
+    records = await read_topic(kafka_broker.bootstrap, topic, min_points=1, timeout_s=5)
+    assert [p.measurement for r in records for p in r.points] == ["ok"]
+
+
+async def test_size_and_shape_limits_answer_413_and_400_and_gzip_bombs_are_refused(
+    topic_factory, gateway_factory: GatewayFactory
+) -> None:
+    topic = await topic_factory()
+    gw = gateway_factory(topic, max_body_bytes="10000", max_tags="2", tokens="t")
+    auth = {"Authorization": "Token t"}
+    async with httpx.AsyncClient(base_url=gw.url, headers=auth) as client:
+        big = await client.post("/write?db=x", content=b"m v=1\n" * 2000)
+        assert big.status_code == 413
+        bomb = gzip.compress(b"m v=1\n" * 100_000)
+        assert len(bomb) < 10_000
+        r = await client.post("/write?db=x", content=bomb, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 413
+        r = await client.post("/api/v2/write?bucket=x", content=bomb,
+                              headers={"Content-Encoding": "gzip"})  # fmt: skip
+        assert r.status_code == 413
+        assert r.json()["code"] == "request too large"
+        r = await client.post("/write?db=x", content=b"m,a=1,b=2,c=3 v=1")
+        assert r.status_code == 400
+        assert "more than 2 tags" in r.json()["error"]
+        r = await client.post(
+            "/write?db=x", content=b"garbage", headers={"Content-Encoding": "gzip"}
+        )
+        assert r.status_code == 400
+        r = await client.post("/api/v2/write?bucket=x", content=b"m v=1",
+                              headers={"Authorization": "Token wrong"})  # fmt: skip
+        assert r.status_code == 401
+        assert r.json()["code"] == "unauthorized"
+        r = await client.post(
+            "/write?db=x&u=me&p=t", content=b"m v=1", headers={"Authorization": ""}
+        )
+        assert r.status_code == 204
+
+
+async def test_the_json_endpoint_writes_typed_fields_and_names_the_bad_point(
+    topic_factory, gateway_factory: GatewayFactory, kafka_broker
+) -> None:
+    topic = await topic_factory(partitions=3)
+    gw = gateway_factory(topic)
+    doc = {"points": [
+        {"measurement": "job", "tags": {"name": "backup"},
+         "fields": {"secs": 12, "files": {"int": 7}, "seq": {"uint": 3}, "ok": True, "msg": "done"},
+         "time": 1700000000000},
+        {"measurement": "job", "fields": {"secs": 1.5}, "time": 1700000000001},
+    ]}  # fmt: skip
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        r = await client.post("/api/v1/json?db=scripts&precision=ms", content=orjson.dumps(doc))
+        assert r.status_code == 204, r.text
+        bad = await client.post(
+            "/api/v1/json?db=s",
+            json={"points": [doc["points"][1], {"measurement": "m", "fields": {"v": None}}]},
+        )
+        assert bad.status_code == 400
+        assert bad.json()["error"].startswith("point 2 (points[1].fields.v)")
+        syntax = await client.post("/api/v1/json?db=s", content=b'{"points": [\n  {,}]}')
+        assert syntax.json()["error"].startswith("line 2, column 4")
+    records = await read_topic(kafka_broker.bootstrap, topic, min_points=2)
+    got = sorted((p for r in records for p in r.points), key=lambda p: p.time_ns)
+    assert got == [
+        Point.make(
+            "job",
+            {"name": "backup"},
+            {"secs": 12.0, "files": 7, "seq": Unsigned(3), "ok": True, "msg": "done"},
+            1_700_000_000_000_000_000,
+        ),
+        Point.make("job", {}, {"secs": 1.5}, 1_700_000_000_001_000_000),
+    ]
+
+
+def remote_write_body(series: list[tuple[dict[str, str], list[tuple[float, int]]]]) -> bytes:
+    req = WriteRequest()
+    for labels, samples in series:
+        ts = req.timeseries.add()
+        for k, v in labels.items():
+            ts.labels.add(name=k, value=v)
+        for value, t_ms in samples:
+            ts.samples.add(value=value, timestamp=t_ms)
+    return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
+
+
+async def test_remote_write_maps_name_to_measurement_and_drops_stale_markers_on_purpose(
+    topic_factory, gateway_factory: GatewayFactory, kafka_broker
+) -> None:
+    topic = await topic_factory(partitions=2)
+    gw = gateway_factory(topic, prometheus_db="prom")
+    stale = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+    body = remote_write_body([
+        ({"__name__": "up", "job": "node", "instance": "a:9100"}, [(1.0, 1000), (stale, 2000)]),
+        ({"__name__": "temp", "job": "node"}, [(21.5, 1500), (math.nan, 1600), (math.inf, 1700)]),
+    ])  # fmt: skip
+    headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+               "X-Prometheus-Remote-Write-Version": "0.1.0"}  # fmt: skip
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        r = await client.post("/api/v1/write", content=body, headers=headers)
+        assert r.status_code == 204, r.text
+        nameless = remote_write_body([({"job": "x"}, [(1.0, 1)])])
+        assert (
+            await client.post("/api/v1/write", content=nameless, headers=headers)
+        ).status_code == 400
+        junk = bytes(cramjam.snappy.compress_raw(b"\xff\xff\xff"))
+        assert (
+            await client.post("/api/v1/write", content=junk, headers=headers)
+        ).status_code == 400
+        metrics = (await client.get("/metrics")).text
+    assert 'gateway_dropped_samples_total{reason="stale"} 1.0' in metrics
+    assert 'gateway_dropped_samples_total{reason="nan"} 1.0' in metrics
+    assert 'gateway_dropped_samples_total{reason="inf"} 1.0' in metrics
+    records = await read_topic(kafka_broker.bootstrap, topic, min_points=2)
+    assert {r.db for r in records} == {"prom"}
+    got = sorted((p for r in records for p in r.points), key=lambda p: p.time_ns)
+    assert got == [
+        Point.make("up", {"job": "node", "instance": "a:9100"}, {"value": 1.0}, 1_000_000_000),
+        Point.make("temp", {"job": "node"}, {"value": 21.5}, 1_500_000_000),
+    ]
+
+
+async def test_ping_health_and_metrics_answer_like_the_apis_they_imitate(
+    topic_factory, gateway_factory: GatewayFactory
+) -> None:
+    topic = await topic_factory()
+    gw = gateway_factory(topic)
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        for method in ("GET", "HEAD"):
+            r = await client.request(method, "/ping")
+            assert r.status_code == 204
+            assert r.headers["X-Influxdb-Version"].startswith("1.")
+        assert (await client.get("/health")).json()["status"] == "pass"
+        await client.post("/write?db=x", content=b"m v=1\nm v=2")
+        await client.post("/write?db=x", content=b"m v=")
+        text = (await client.get("/metrics")).text
+    assert 'gateway_points_total{endpoint="v1_write"} 2.0' in text
+    assert 'gateway_rejects_total{endpoint="v1_write",reason="parse"} 1.0' in text
+    assert "gateway_kafka_produce_seconds_bucket" in text
+
+
+def _first_bad_line(body: str) -> int | None:
+    for n, line in enumerate(body.replace("\r\n", "\n").split("\n"), 1):
+        try:
+            parse_line(line, default_time_ns=0)
+        except ParseError:
+            return n
+    return None
+
+
+chars = st.sampled_from([*list('ab=, "\\1.0-9eiu#\tT\n'), "é", "\r"])
+bodies = st.one_of(
+    st.text(chars, max_size=60),
+    st.lists(st.sampled_from(["m v=1", "cpu,h=a u=2i 5", 'x s="q" 1', "m v=1 99"]), max_size=5)
+    .map("\n".join)
+    .flatmap(
+        lambda b: st.tuples(st.just(b), st.integers(0, max(len(b), 1)), st.text(chars, max_size=3))
+    )
+    .map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] :]),
+)
+
+
+async def test_random_and_mutated_bodies_never_get_a_5xx_and_every_400_names_the_first_bad_line(
+    topic_factory, gateway_factory: GatewayFactory
+) -> None:
+    topic = await topic_factory()
+    gw = gateway_factory(topic)
+    client = httpx.Client(base_url=gw.url)  # hypothesis drives a sync client
+
+    @given(bodies)
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(body: str) -> None:
+        r = client.post("/write?db=fuzz", content=body.encode())
+        assert r.status_code in (204, 400), r.text
+        bad = _first_bad_line(body)
+        if r.status_code == 400:
+            assert r.json()["error"].startswith(f"line {bad}, column "), (body, r.text)
+        else:
+            assert bad is None
+
+    with client:
+        check()
