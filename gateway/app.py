@@ -40,9 +40,10 @@ from gateway.base import (
 from gateway.json_write import parse_json_points
 from gateway.metrics import GatewayMetrics
 from gateway.producer import KafkaWriter
+from gateway.query.router import create_query_router
 from gateway.remote_write import decode_write_request, snappy_uncompressed_length
 from gateway.settings import GatewaySettings
-from metricsflow.errors import ParseError
+from metricsflow.errors import MetricsflowError, ParseError
 from metricsflow.model.lineprotocol import PRECISION_V1, PRECISION_V2, canonicalize
 
 logger = logging.getLogger(__name__)
@@ -234,13 +235,22 @@ async def ingest(
     return Response(status_code=204, headers=_V1_HEADERS)
 
 
+class _QueryAuthError(MetricsflowError):
+    """Carries a 401 out of the ``/query`` auth dependency to its v1-style reply."""
+
+    def __init__(self, error: RequestError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """A new gateway app; its lifespan owns the Kafka producer."""
     settings = settings or GatewaySettings()
 
+    metrics = GatewayMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics = GatewayMetrics()
         writer = KafkaWriter(settings, metrics)
         app.state.settings = settings
         app.state.metrics = metrics
@@ -252,6 +262,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await writer.stop()
 
     app = FastAPI(title="metricsflow gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    async def query_auth(request: Request) -> None:
+        # Reads are guarded by the same tokens as writes: a gateway with tokens configured
+        # must not serve the data it protects to anonymous callers.
+        try:
+            check_token(request, settings.tokens, request.query_params.get("p"))
+        except RequestError as exc:
+            raise _QueryAuthError(exc) from exc
+
+    @app.exception_handler(_QueryAuthError)
+    async def query_auth_failed(_request: Request, exc: _QueryAuthError) -> Response:
+        return error_response(exc.error, "v1")
+
+    app.include_router(
+        create_query_router(registry=metrics.registry), dependencies=[Depends(query_auth)]
+    )
 
     @app.post("/write")
     async def write_v1(

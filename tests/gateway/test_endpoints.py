@@ -84,6 +84,11 @@ async def test_size_and_shape_limits_answer_413_and_400_and_gzip_bombs_are_refus
             "/write?db=x&u=me&p=t", content=b"m v=1", headers={"Authorization": ""}
         )
         assert r.status_code == 204
+        anonymous_query = await client.get(
+            "/query", params={"q": "SHOW DATABASES"}, headers={"Authorization": ""}
+        )
+        assert anonymous_query.status_code == 401
+        assert anonymous_query.json()["error"].startswith("authorization failed")
 
 
 async def test_the_json_endpoint_writes_typed_fields_and_names_the_bad_point(

@@ -1,0 +1,277 @@
+"""``GET|POST /query``: an InfluxDB v1 compatible, tier-aware query endpoint.
+
+Grafana's built-in InfluxDB data source (InfluxQL) points at the gateway instead of InfluxDB.
+Each statement of ``q`` is either
+
+* rewritten onto the coarsest tier that answers it exactly (:mod:`gateway.query.rewrite`),
+  executed against InfluxDB as a few ``fill(none)`` statements in one request, and merged by
+  :mod:`gateway.query.results`; or
+* proxied to InfluxDB unchanged (the raw tier): SHOW, raw SELECTs, other functions,
+  subqueries, intervals no tier divides, and anything the parser does not understand.
+
+``X-Metricsflow-Tier`` names the tier used for each statement, comma-separated in statement
+order. When every statement goes to raw, the whole request is forwarded as it came (any
+method, parameters, body, credentials) and InfluxDB's answer is returned untouched.
+
+Include it in an app with ``app.include_router(create_query_router(QuerySettings()))``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter
+
+from gateway.query.base import (
+    TIER_HEADER,
+    InfluxQLSyntaxError,
+    QuerySettings,
+    Series,
+    Unrewritable,
+    series_from_json,
+)
+from gateway.query.influxql import parse_select, split_statements
+from gateway.query.results import merge_parts, statement_result
+from gateway.query.rewrite import (
+    Analysis,
+    QueryPart,
+    analyze,
+    build_parts,
+    check_tag_keys,
+    choose_tier,
+)
+from gateway.query.syntax import Measurement, render_measurement
+from metricsflow.windows.base import RAW_TIER
+
+logger = logging.getLogger(__name__)
+
+#: Request headers forwarded to InfluxDB (credentials and content negotiation of the body).
+_FORWARD_REQUEST_HEADERS = ("authorization", "content-type", "accept")
+#: Response headers of InfluxDB returned to the client on a proxied request.
+_FORWARD_RESPONSE_HEADERS = ("content-type", "x-influxdb-version", "x-influxdb-build", "request-id")
+#: Parameters passed on to InfluxDB with the statements we build.
+_PASS_PARAMS = ("db", "rp", "u", "p")
+_FORM = "application/x-www-form-urlencoded"
+
+
+class InfluxDBQueryError(Exception):
+    """InfluxDB refused or failed one of our statements."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    analysis: Analysis
+    tier: str
+    parts: list[QueryPart]
+
+
+class QueryService:
+    """Plans and runs the statements of one ``/query`` request against InfluxDB."""
+
+    def __init__(self, settings: QuerySettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.tiers = settings.tiers
+        self.lag_ns = int(settings.query_tier_lag_s * 1_000_000_000)
+        self._client: httpx.AsyncClient | None = None
+        self.statements = (
+            Counter(
+                "gateway_query_statements",
+                "InfluxQL statements answered by the query API, by tier.",
+                ["tier"],
+                registry=registry,
+            )
+            if registry is not None
+            else None
+        )
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.settings.influxdb_url.rstrip("/"),
+                timeout=self.settings.influxdb_timeout_s,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- InfluxDB calls --
+    async def influx_query(
+        self, q: str, params: dict[str, str], headers: dict[str, str], epoch: str | None
+    ) -> list[dict[str, Any]]:
+        """Run ``q`` (one or more statements); the ``results`` list, raising on any error."""
+        form = {k: params[k] for k in _PASS_PARAMS if params.get(k)}
+        form["q"] = q
+        if epoch:
+            form["epoch"] = epoch
+        auth = {k: v for k, v in headers.items() if k == "authorization"}
+        response = await self.client.post("/query", data=form, headers=auth)
+        try:
+            body = response.json()
+        except ValueError:
+            raise InfluxDBQueryError(
+                f"HTTP {response.status_code}: {response.text[:200]}"
+            ) from None
+        if response.status_code != 200 or "error" in body:
+            raise InfluxDBQueryError(f"HTTP {response.status_code}: {body.get('error')}")
+        results: list[dict[str, Any]] = body.get("results", [])
+        for result in results:
+            if "error" in result:
+                raise InfluxDBQueryError(str(result["error"]))
+        return results
+
+    async def tag_keys(
+        self, source: Measurement, params: dict[str, str], headers: dict[str, str]
+    ) -> frozenset[str]:
+        q = f"SHOW TAG KEYS FROM {render_measurement(source)}"
+        results = await self.influx_query(q, params, headers, None)
+        keys: set[str] = set()
+        for result in results:
+            for series in result.get("series", []):
+                keys.update(str(row[0]) for row in series.get("values", []))
+        return frozenset(keys)
+
+    # -- planning --
+    async def plan(
+        self, text: str, params: dict[str, str], headers: dict[str, str], now_ns: int
+    ) -> Plan | None:
+        """The plan for one statement, or ``None``: send it to the raw tier unchanged."""
+        try:
+            analysis = analyze(parse_select(text), now_ns, params.get("rp"), RAW_TIER)
+            tier = choose_tier(analysis, self.tiers, now_ns, self.lag_ns)
+            if tier is None:
+                raise Unrewritable("no tier divides the interval and covers the range")
+            try:
+                keys = await self.tag_keys(analysis.source, params, headers)
+            except (InfluxDBQueryError, httpx.HTTPError) as exc:
+                raise Unrewritable(f"could not read the tag keys: {exc}") from exc
+            check_tag_keys(analysis, keys)
+        except (Unrewritable, InfluxQLSyntaxError) as exc:
+            logger.debug("query to raw tier reason=%s statement=%r", exc, text)
+            return None
+        parts = build_parts(analysis, tier, now_ns, self.lag_ns)
+        logger.debug("query to tier=%s statement=%r parts=%d", tier.name, text, len(parts))
+        return Plan(analysis, tier.name, parts)
+
+    async def run_plan(
+        self, plan: Plan, params: dict[str, str], headers: dict[str, str]
+    ) -> list[Series]:
+        q = "; ".join(part.influxql for part in plan.parts)
+        results = await self.influx_query(q, params, headers, "ns")
+        parts = [[series_from_json(s) for s in r.get("series", [])] for r in results]
+        return merge_parts(plan.analysis, parts)
+
+    def count(self, tier: str) -> None:
+        if self.statements is not None:
+            self.statements.labels(tier=tier).inc()
+
+    # -- request handling --
+    async def proxy(self, request: Request, body: bytes) -> Response:
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in _FORWARD_REQUEST_HEADERS
+        }
+        try:
+            upstream = await self.client.request(
+                request.method,
+                "/query",
+                params=list(request.query_params.multi_items()),
+                content=body,
+                headers=headers,
+            )
+        except httpx.HTTPError as exc:
+            return JSONResponse({"error": f"influxdb unreachable: {exc}"}, status_code=502)
+        out_headers = {
+            k: v for k, v in upstream.headers.items() if k.lower() in _FORWARD_RESPONSE_HEADERS
+        }
+        return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        params = dict(request.query_params)
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and content_type.startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        q = params.get("q", "")
+        statements = split_statements(q) if q else []
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        plans: list[Plan | None] = []
+        if self.settings.query_rewrite and params.get("chunked", "") not in ("true", "1"):
+            now_ns = time.time_ns()
+            plans = [await self.plan(s, params, headers, now_ns) for s in statements]
+        if not any(plans):
+            for _ in statements:
+                self.count(RAW_TIER)
+            response = await self.proxy(request, body)
+            response.headers[TIER_HEADER] = ",".join([RAW_TIER] * max(1, len(statements)))
+            return response
+        epoch = params.get("epoch") or None
+        results: list[dict[str, Any]] = []
+        tiers: list[str] = []
+        for i, (text, plan) in enumerate(zip(statements, plans, strict=True)):
+            result: dict[str, Any] | None = None
+            if plan is not None:
+                try:
+                    series = await self.run_plan(plan, params, headers)
+                    result = statement_result(i, series, epoch)
+                    tiers.append(plan.tier)
+                except (InfluxDBQueryError, httpx.HTTPError) as exc:
+                    logger.warning("tier query failed, answering from raw error=%s", exc)
+            if result is None:
+                result = await self.raw_statement(i, text, params, headers, epoch)
+                tiers.append(RAW_TIER)
+            self.count(tiers[-1])
+            results.append(result)
+        return JSONResponse({"results": results}, headers={TIER_HEADER: ",".join(tiers)})
+
+    async def raw_statement(
+        self,
+        statement_id: int,
+        text: str,
+        params: dict[str, str],
+        headers: dict[str, str],
+        epoch: str | None,
+    ) -> dict[str, Any]:
+        try:
+            results = await self.influx_query(text, params, headers, epoch)
+        except (InfluxDBQueryError, httpx.HTTPError) as exc:
+            return {"statement_id": statement_id, "error": str(exc)}
+        result = dict(results[0]) if results else {}
+        result["statement_id"] = statement_id
+        return result
+
+
+def create_query_router(
+    settings: QuerySettings | None = None, registry: CollectorRegistry | None = None
+) -> APIRouter:
+    """The ``/query`` routes; pass the app's Prometheus ``registry`` to count statements per
+    tier (``gateway_query_statements_total{tier}``)."""
+    service = QueryService(settings or QuerySettings(), registry)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    router = APIRouter(lifespan=lifespan)
+
+    @router.api_route("/query", methods=["GET", "POST"], include_in_schema=False)
+    async def query(request: Request) -> Response:
+        return await service.handle(request)
+
+    return router
