@@ -1,0 +1,23 @@
+"""Tiers and the tier window operator (tumbling event-time windows over partials)."""
+
+from metricsflow.windows.base import (
+    AGGREGATES,
+    DEFAULT_TIERS,
+    RAW_TIER,
+    TierSpec,
+    tier_field_name,
+    validate_tiers,
+)
+from metricsflow.windows.operator import TierWindowMetrics, TierWindowOperator, build_cascade
+
+__all__ = [
+    "AGGREGATES",
+    "DEFAULT_TIERS",
+    "RAW_TIER",
+    "TierSpec",
+    "TierWindowMetrics",
+    "TierWindowOperator",
+    "build_cascade",
+    "tier_field_name",
+    "validate_tiers",
+]

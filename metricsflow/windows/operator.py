@@ -1,0 +1,500 @@
+"""The tier window operator: one class for every tier (raw -> 1m, 1m -> 1h, 1h -> 1d, ...).
+
+Input rows are *partials*: a raw point is a partial of count 1. A tier operator is built for
+one input kind: raw points (``RecordBatch``, ``input_window_ns == 0``) or the partials of the
+next finer tier (``AggregateBatch`` of window ``input_window_ns``). Semantics are described in
+docs/windows.md; in short:
+
+* identity: a raw point is (key, ts), a partial is (key, fine window start); the last arrival
+  of an identity wins (a rewrite or a re-emitted partial *replaces*, never adds);
+* window ``[start, end)`` fires when the key group's watermark ``>= end``;
+* rows of a fired window whose ``end + allowed_lateness > watermark`` update it and it is
+  re-emitted in full at the end of that batch; rows beyond go to side output ``"late"``;
+* a window's rows are purged once ``watermark >= end + allowed_lateness``.
+
+State layout, per key group, in the operator's ``KeyedStateBackend``:
+
+``window-chunks``  key ``be(window_end) + be(seq)`` -> ``ColumnarChunk`` of the rows one batch
+                   brought to one window, sorted by (key id, identity), deduplicated
+``window-keys``    key ``be32(first id)`` -> ``ColumnarChunk(keys=...)``: the key dictionary,
+                   append-only (window key string <-> int32 id)
+``window-meta``    ``watermark`` and ``next-seq`` (int64)
+
+Firing is a range scan of ``window-chunks`` up to the watermark; all the work per batch and per
+window is NumPy over columns (kernels.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from metricsflow.checkpointing.base import CheckpointStorage
+from metricsflow.errors import ConfigurationError, StateError
+from metricsflow.runtime.base import (
+    Operator,
+    OperatorContext,
+    OperatorSnapshot,
+    Output,
+    StateInitializationContext,
+)
+from metricsflow.runtime.records import (
+    AggregateBatch,
+    CheckpointBarrier,
+    CheckpointType,
+    RawLinesBatch,
+    RecordBatch,
+    Watermark,
+)
+from metricsflow.state.base import KeyedStateBackend, StateDescriptor
+from metricsflow.state.serializers import INT64, NUMPY_COLUMNS, ColumnarChunk
+from metricsflow.windows import kernels
+from metricsflow.windows.base import RAW_TIER, TierSpec
+from metricsflow.windows.kernels import Chunk, Int32Array, Int64Array
+
+logger = logging.getLogger(__name__)
+
+STATE_CHUNKS = "window-chunks"
+STATE_KEYS = "window-keys"
+STATE_META = "window-meta"
+_META_WATERMARK = b"watermark"
+_META_SEQ = b"next-seq"
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_OFFSET = 2**63
+
+
+def encode_time(t_ns: int) -> bytes:
+    """Big-endian, order-preserving 8-byte encoding of a signed time (clamped to int64)."""
+    t_ns = min(max(t_ns, _INT64_MIN), _INT64_MAX)
+    return (t_ns + _OFFSET).to_bytes(8, "big")
+
+
+def decode_time(key: bytes) -> int:
+    return int.from_bytes(key[:8], "big") - _OFFSET
+
+
+def chunk_key(window_end_ns: int, seq: int) -> bytes:
+    return encode_time(window_end_ns) + seq.to_bytes(8, "big")
+
+
+@dataclass(slots=True)
+class TierWindowMetrics:
+    """Counters of one operator instance (all its key groups); metrics, not state."""
+
+    late_points: int = 0
+    """raw points beyond the allowed lateness, sent to side output ``"late"``"""
+    late_partials: int = 0
+    """partial rows beyond the allowed lateness (impossible with a valid cascade; logged)"""
+    fired_windows: int = 0
+    """(key, window) aggregates emitted because the watermark passed the window's end"""
+    reemitted_windows: int = 0
+    """(key, window) aggregates emitted again because late rows updated a fired window"""
+    input_rows: int = 0
+
+
+@dataclass(slots=True)
+class _KeyGroup:
+    watermark_ns: int | None = None
+    next_seq: int = 0
+    key_list: list[str] = field(default_factory=list)
+    key_ids: dict[str, int] = field(default_factory=dict)
+    keys_tuple: tuple[str, ...] | None = None
+    in_keys: tuple[str, ...] | None = None
+    in_map: Int32Array = field(default_factory=lambda: np.empty(0, dtype=np.int32))
+
+    def output_keys(self) -> tuple[str, ...]:
+        if self.keys_tuple is None:
+            self.keys_tuple = tuple(self.key_list)
+        return self.keys_tuple
+
+
+class TierWindowOperator(Operator):
+    """Tumbling event-time windows of one tier over raw points or finer partials.
+
+    ``tier``: the output tier (its ``window`` is the window size). ``allowed_lateness_ns``:
+    how long after a window fired late rows still update it (must not decrease along a
+    cascade, see :func:`build_cascade`). ``input_window_ns``: 0 when the input is raw points
+    (``RecordBatch``), else the window size of the finer tier whose ``AggregateBatch`` rows
+    come in (it must divide this tier's window).
+
+    Emits one ``AggregateBatch`` per watermark that fired windows (then forwards the
+    watermark), one per batch that updated already-fired windows, and the raw points beyond
+    the lateness as ``RecordBatch`` on side output ``"late"``. Counters: :attr:`metrics`.
+    """
+
+    def __init__(
+        self,
+        uid: str,
+        tier: TierSpec,
+        allowed_lateness_ns: int = 0,
+        *,
+        input_window_ns: int = 0,
+    ) -> None:
+        super().__init__(uid)
+        if tier.name == RAW_TIER or tier.window_ns <= 0:
+            raise ConfigurationError(f"a window operator needs a windowed tier, got {tier!r}")
+        window_ns = tier.window_ns
+        if input_window_ns < 0 or (
+            input_window_ns and (input_window_ns >= window_ns or window_ns % input_window_ns)
+        ):
+            raise ConfigurationError(
+                f"tier {tier.name!r}: input window {input_window_ns} ns must be 0 (raw points) "
+                f"or a proper divisor of the window {window_ns} ns"
+            )
+        if allowed_lateness_ns < 0:
+            raise ConfigurationError(f"allowed_lateness_ns must be >= 0, got {allowed_lateness_ns}")
+        self.tier = tier
+        self.window_ns = window_ns
+        self.allowed_lateness_ns = allowed_lateness_ns
+        self.input_window_ns = input_window_ns
+        self.metrics = TierWindowMetrics()
+        self._raw = input_window_ns == 0
+        self._unit_ns = input_window_ns or 1
+        self._groups: dict[int, _KeyGroup] = {}
+        self._key_groups: set[int] = set()
+        self._backend: KeyedStateBackend | None = None
+        self._storage: CheckpointStorage | None = None
+
+    @property
+    def is_stateful(self) -> bool:
+        return True
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def setup(self, ctx: OperatorContext) -> None:
+        self._backend = ctx.state_backend
+        self._storage = ctx.storage
+        self._key_groups = set(ctx.key_groups)
+        self._backend.register(StateDescriptor(STATE_CHUNKS, NUMPY_COLUMNS))
+        self._backend.register(StateDescriptor(STATE_KEYS, NUMPY_COLUMNS))
+        self._backend.register(StateDescriptor(STATE_META, INT64))
+
+    def initialize_state(self, ctx: StateInitializationContext) -> None:
+        """Everything lives in the backend (restored by the runtime before this call)."""
+        self._groups.clear()
+        for kg in sorted(self._key_groups):
+            self._groups[kg] = self._load(kg)
+
+    def on_key_groups_assigned(
+        self, key_groups: frozenset[int], ctx: StateInitializationContext
+    ) -> None:
+        for kg in sorted(key_groups):
+            self._key_groups.add(kg)
+            self._groups[kg] = self._load(kg)
+
+    def on_key_groups_revoked(self, key_groups: frozenset[int]) -> None:
+        for kg in key_groups:
+            self._key_groups.discard(kg)
+            self._groups.pop(kg, None)
+
+    def snapshot_state(self, barrier: CheckpointBarrier) -> OperatorSnapshot:
+        backend, storage = self._state()
+        if storage is None:
+            raise StateError(f"operator {self.uid!r} has no checkpoint storage")
+        incremental = barrier.options.checkpoint_type is CheckpointType.CHECKPOINT
+        keyed = backend.snapshot(
+            barrier.checkpoint_id, sorted(self._key_groups), storage, incremental=incremental
+        )
+        return OperatorSnapshot(keyed=keyed, operator=())
+
+    def finish(self, output: Output) -> None:
+        """End of input: a watermark at the end of time for every key group."""
+        for kg in sorted(self._key_groups):
+            self.process_watermark(Watermark(kg, _INT64_MAX), output)
+
+    def _state(self) -> tuple[KeyedStateBackend, CheckpointStorage | None]:
+        if self._backend is None:
+            raise StateError(f"operator {self.uid!r} used before setup()")
+        return self._backend, self._storage
+
+    def _load(self, kg: int) -> _KeyGroup:
+        backend, _ = self._state()
+        group = _KeyGroup()
+        group.watermark_ns = backend.get(kg, STATE_META, _META_WATERMARK)
+        group.next_seq = backend.get(kg, STATE_META, _META_SEQ) or 0
+        for _, entry in backend.scan(kg, STATE_KEYS):
+            group.key_list.extend(entry.keys)
+        group.key_ids = {k: i for i, k in enumerate(group.key_list)}
+        return group
+
+    def _group(self, kg: int) -> _KeyGroup:
+        group = self._groups.get(kg)
+        if group is None:
+            self._key_groups.add(kg)
+            group = self._groups[kg] = self._load(kg)
+        return group
+
+    def current_watermark_ns(self, key_group: int) -> int | None:
+        group = self._groups.get(key_group)
+        return None if group is None else group.watermark_ns
+
+    # -- key dictionary -------------------------------------------------------------------
+    def _map_keys(self, kg: int, group: _KeyGroup, keys: tuple[str, ...]) -> Int32Array:
+        """Ids of ``keys`` (cached: upstream tiers send the same, growing tuple each time)."""
+        if keys is group.in_keys:
+            return group.in_map
+        prev = group.in_keys
+        if prev is not None and len(keys) > len(prev) and keys[: len(prev)] == prev:
+            tail = self._lookup(kg, group, keys[len(prev) :])
+            mapping = np.concatenate((group.in_map, tail))
+        else:
+            mapping = self._lookup(kg, group, keys)
+        group.in_keys, group.in_map = keys, mapping
+        return mapping
+
+    def _lookup(self, kg: int, group: _KeyGroup, keys: tuple[str, ...]) -> Int32Array:
+        ids = group.key_ids
+        try:  # the common case: every key is known (one C-level pass, no list)
+            return np.fromiter(map(ids.__getitem__, keys), dtype=np.int32, count=len(keys))
+        except KeyError:
+            pass
+        new = [k for k in dict.fromkeys(keys) if k not in ids]
+        first = len(group.key_list)
+        group.key_list.extend(new)
+        ids.update(zip(new, range(first, first + len(new)), strict=True))
+        group.keys_tuple = None
+        backend, _ = self._state()
+        backend.put(kg, STATE_KEYS, first.to_bytes(4, "big"), ColumnarChunk({}, tuple(new)))
+        return np.fromiter(map(ids.__getitem__, keys), dtype=np.int32, count=len(keys))
+
+    # -- input ----------------------------------------------------------------------------
+    def process_batch(
+        self, batch: RecordBatch | AggregateBatch | RawLinesBatch, output: Output
+    ) -> None:
+        if isinstance(batch, RawLinesBatch):
+            return  # the raw tier is written from these elsewhere; nothing to aggregate
+        if len(batch) == 0:
+            return
+        kg = batch.key_group
+        group = self._group(kg)
+        ids = self._map_keys(kg, group, batch.keys)[batch.key_idx]
+        cols: Chunk
+        if isinstance(batch, RecordBatch):
+            if not self._raw:
+                raise StateError(f"operator {self.uid!r} takes AggregateBatch, got RecordBatch")
+            cols = {"k": ids, "t": batch.ts_ns, "v": batch.values}
+        else:
+            if batch.window_ns != self.input_window_ns:
+                raise StateError(
+                    f"operator {self.uid!r} takes partials of window {self.input_window_ns} ns, "
+                    f"got tier {batch.tier!r} ({batch.window_ns} ns)"
+                )
+            cols = {
+                "k": ids,
+                "t": batch.window_start_ns,
+                "c": batch.count,
+                "s": batch.sum,
+                "mn": batch.min,
+                "mx": batch.max,
+                "ft": batch.first_ts_ns,
+                "f": batch.first,
+                "lt": batch.last_ts_ns,
+                "l": batch.last,
+            }
+        self.metrics.input_rows += len(batch)
+        self._ingest(kg, group, cols, batch, output)
+
+    def _ingest(
+        self,
+        kg: int,
+        group: _KeyGroup,
+        cols: Chunk,
+        batch: RecordBatch | AggregateBatch,
+        output: Output,
+    ) -> None:
+        backend, _ = self._state()
+        wend = kernels.window_ends(cols["t"], self.window_ns)
+        refire: list[int] = []
+        wm = group.watermark_ns
+        if wm is not None and int(wend.min()) <= wm:
+            late = wend <= wm - self.allowed_lateness_ns
+            if bool(late.any()):
+                self._on_late(batch, late, output)
+                keep = np.flatnonzero(~late)
+                if keep.shape[0] == 0:
+                    return
+                cols = kernels.take(cols, keep)
+                wend = wend[keep]
+            updated = wend[wend <= wm]
+            if updated.shape[0]:
+                refire = np.unique(updated).tolist()
+        seq = group.next_seq
+        for window_end, index in _split_by_window(wend):
+            k = cols["k"] if index is None else cols["k"][index]
+            t = cols["t"] if index is None else cols["t"][index]
+            order = kernels.identity_order(k, t, self._unit_ns)
+            rows = kernels.take(cols, order if index is None else index[order])
+            backend.put(kg, STATE_CHUNKS, chunk_key(window_end, seq), ColumnarChunk(rows))
+            seq += 1
+        group.next_seq = seq
+        backend.put(kg, STATE_META, _META_SEQ, seq)
+        if refire:
+            windows = [
+                (end, self._chunks(kg, encode_time(end), encode_time(end + 1))) for end in refire
+            ]
+            self._emit(kg, group, windows, output, reemission=True)
+
+    def _on_late(self, batch: RecordBatch | AggregateBatch, late: Any, output: Output) -> None:
+        n = int(np.count_nonzero(late))
+        if isinstance(batch, RecordBatch):
+            self.metrics.late_points += n
+            output.emit_side(
+                "late",
+                RecordBatch(
+                    batch.key_group,
+                    batch.keys,
+                    batch.key_idx[late],
+                    batch.ts_ns[late],
+                    batch.values[late],
+                ),
+            )
+        else:
+            self.metrics.late_partials += n
+            logger.warning(
+                "%s: %d partial rows of tier %r beyond the allowed lateness of key group %d "
+                "(the fine tier's lateness exceeds this tier's?)",
+                self.uid,
+                n,
+                batch.tier,
+                batch.key_group,
+            )
+
+    # -- firing ---------------------------------------------------------------------------
+    def process_watermark(self, watermark: Watermark, output: Output) -> None:
+        kg = watermark.key_group
+        group = self._group(kg)
+        wm = watermark.timestamp_ns
+        prev = group.watermark_ns
+        if prev is not None and wm <= prev:
+            return
+        backend, _ = self._state()
+        start = None if prev is None else encode_time(prev + 1)
+        windows = list(_by_window(self._scan(kg, start, encode_time(wm + 1))))
+        group.watermark_ns = wm
+        backend.put(kg, STATE_META, _META_WATERMARK, wm)
+        if windows:
+            self._emit(kg, group, windows, output, reemission=False)
+        backend.delete_range(kg, STATE_CHUNKS, None, encode_time(wm - self.allowed_lateness_ns + 1))
+        output.emit_watermark(watermark)
+
+    def _scan(self, kg: int, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, Any]]:
+        backend, _ = self._state()
+        return list(backend.scan(kg, STATE_CHUNKS, start, stop))
+
+    def _chunks(self, kg: int, start: bytes | None, stop: bytes | None) -> list[Chunk]:
+        return [dict(entry.columns) for _, entry in self._scan(kg, start, stop)]
+
+    def _emit(
+        self,
+        kg: int,
+        group: _KeyGroup,
+        windows: list[tuple[int, list[Chunk]]],
+        output: Output,
+        *,
+        reemission: bool,
+    ) -> None:
+        batch = self._aggregate(kg, group, windows)
+        if batch is None:
+            return
+        if reemission:
+            self.metrics.reemitted_windows += len(batch)
+        else:
+            self.metrics.fired_windows += len(batch)
+        output.emit(batch)
+
+    def _aggregate(
+        self, kg: int, group: _KeyGroup, windows: list[tuple[int, list[Chunk]]]
+    ) -> AggregateBatch | None:
+        results: list[Chunk] = []
+        starts: list[Int64Array] = []
+        for window_end, chunks in windows:
+            if not chunks:
+                continue
+            result = kernels.fire(chunks, self._raw, self._unit_ns)
+            results.append(result)
+            starts.append(np.full(result["k"].shape[0], window_end - self.window_ns, np.int64))
+        if not results:
+            return None
+        r = kernels.concat(results)
+        return AggregateBatch(
+            key_group=kg,
+            tier=self.tier.name,
+            window_ns=self.window_ns,
+            keys=group.output_keys(),
+            key_idx=r["k"],
+            window_start_ns=starts[0] if len(starts) == 1 else np.concatenate(starts),
+            count=r["c"],
+            sum=r["s"],
+            min=r["mn"],
+            max=r["mx"],
+            first_ts_ns=r["ft"],
+            first=r["f"],
+            last_ts_ns=r["lt"],
+            last=r["l"],
+        )
+
+    # -- queryable state ------------------------------------------------------------------
+    def current_aggregates(self, key_group: int) -> AggregateBatch | None:
+        """The aggregates of every window still held in state (open, or fired but within the
+        allowed lateness), computed now: queryable state for the REST API."""
+        group = self._group(key_group)
+        windows = list(_by_window(self._scan(key_group, None, None)))
+        return self._aggregate(key_group, group, windows)
+
+
+def _split_by_window(wend: Int64Array) -> Iterator[tuple[int, Any]]:
+    """(window end, row indices or None for all rows) per distinct window, ascending."""
+    lo, hi = int(wend.min()), int(wend.max())
+    if lo == hi:
+        yield lo, None
+        return
+    order = np.argsort(wend, kind="stable")
+    sorted_ends = wend[order]
+    cuts = np.flatnonzero(sorted_ends[1:] != sorted_ends[:-1]) + 1
+    for index in np.split(order, cuts):
+        yield int(wend[index[0]]), index
+
+
+def _by_window(entries: Iterable[tuple[bytes, Any]]) -> Iterator[tuple[int, list[Chunk]]]:
+    """Group scanned ``window-chunks`` entries (ascending keys) by window end."""
+    current: int | None = None
+    chunks: list[Chunk] = []
+    for key, entry in entries:
+        end = decode_time(key)
+        if end != current:
+            if current is not None:
+                yield current, chunks
+            current, chunks = end, []
+        chunks.append(dict(entry.columns))
+    if current is not None:
+        yield current, chunks
+
+
+def build_cascade(
+    tiers: Iterable[TierSpec], allowed_lateness_ns: int = 0, *, uid_prefix: str = "window"
+) -> list[TierWindowOperator]:
+    """One operator per windowed tier, chained: tier *i* reads tier *i-1*'s partials.
+
+    All tiers share ``allowed_lateness_ns`` (measured on the raw points' event time). Since a
+    coarse window ends no earlier than any fine window inside it, a fine partial re-emitted
+    within the lateness is always within the coarse tier's lateness too. Uids are
+    ``f"{uid_prefix}-{tier.name}"``.
+    """
+    from metricsflow.windows.base import validate_tiers
+
+    specs = validate_tiers(tuple(tiers))
+    operators: list[TierWindowOperator] = []
+    previous = 0
+    for tier in specs[1:]:
+        operators.append(
+            TierWindowOperator(
+                f"{uid_prefix}-{tier.name}", tier, allowed_lateness_ns, input_window_ns=previous
+            )
+        )
+        previous = tier.window_ns
+    return operators

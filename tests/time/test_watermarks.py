@@ -1,0 +1,230 @@
+"""Watermarks per key group: bounded out-of-orderness, idleness, monotonicity, restore."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metricsflow.checkpointing.base import OperatorStateHandle
+from metricsflow.errors import ConfigurationError, SerializationError
+from metricsflow.runtime.base import OperatorContext, Output, StateInitializationContext
+from metricsflow.runtime.records import (
+    AggregateBatch,
+    CheckpointBarrier,
+    RawLinesBatch,
+    RecordBatch,
+    Watermark,
+)
+from metricsflow.state.heap import HeapKeyedStateBackend
+from metricsflow.time import (
+    ManualClock,
+    SystemClock,
+    WatermarkAssigner,
+    WatermarkGeneratorState,
+    WatermarkStrategy,
+)
+from metricsflow.windows import TierSpec, TierWindowOperator
+
+S = 1_000_000_000
+
+
+@dataclass
+class Out(Output):
+    elements: list[Any] = field(default_factory=list)
+
+    def emit(self, element: RecordBatch | AggregateBatch | RawLinesBatch) -> None:
+        self.elements.append(element)
+
+    def emit_watermark(self, watermark: Watermark) -> None:
+        self.elements.append(watermark)
+
+    def watermarks(self) -> list[Watermark]:
+        return [e for e in self.elements if isinstance(e, Watermark)]
+
+
+def batch(kg: int, *ts_s: float) -> RecordBatch:
+    n = len(ts_s)
+    return RecordBatch(
+        kg,
+        ("k",),
+        np.zeros(n, dtype=np.int32),
+        np.array([int(t * S) for t in ts_s], dtype=np.int64),
+        np.ones(n),
+    )
+
+
+def assigner(bound_s: int = 5, idle_s: int | None = 30, clock: Any = None) -> WatermarkAssigner:
+    op = WatermarkAssigner(
+        "wm", WatermarkStrategy(bound_s * S, None if idle_s is None else idle_s * S), clock
+    )
+    op.setup(OperatorContext("wm", frozenset({0, 1}), HeapKeyedStateBackend(), None))  # type: ignore[arg-type]
+    op.initialize_state(StateInitializationContext(False, (), ()))
+    return op
+
+
+def test_the_watermark_is_the_largest_event_time_minus_the_bound() -> None:
+    gen = WatermarkStrategy(5 * S).build(None)
+    assert gen.current_watermark_ns is None
+    assert gen.on_events(100 * S, now_ns=0) == 95 * S
+    assert gen.current_watermark_ns == 95 * S
+
+
+@given(st.lists(st.integers(-(10**12), 10**12), min_size=1, max_size=50))
+@settings(max_examples=50)
+def test_the_watermark_never_moves_backwards(max_ts: list[int]) -> None:
+    gen = WatermarkStrategy(7).build(None)
+    seen: list[int] = []
+    for i, t in enumerate(max_ts):
+        gen.on_events(t, now_ns=i)
+        gen.on_processing_time(i)
+        assert gen.current_watermark_ns is not None
+        seen.append(gen.current_watermark_ns)
+    assert seen == sorted(seen)
+    assert seen[-1] == max(max_ts) - 7
+
+
+def test_an_idle_key_group_advances_with_the_wall_clock_after_the_idle_timeout() -> None:
+    gen = WatermarkStrategy(5 * S, idle_timeout_ns=30 * S).build(None)
+    gen.on_events(100 * S, now_ns=1000 * S)
+    assert gen.on_processing_time(1029 * S) is None
+    assert gen.on_processing_time(1030 * S) is None  # exactly the timeout: not yet moving
+    assert gen.on_processing_time(1031 * S) == 96 * S
+    assert gen.on_processing_time(1090 * S) == 155 * S
+    assert gen.is_idle(1090 * S)
+
+
+def test_new_input_after_idleness_restarts_the_idle_timer_and_keeps_the_watermark() -> None:
+    gen = WatermarkStrategy(0, idle_timeout_ns=10 * S).build(None)
+    gen.on_events(100 * S, now_ns=0)
+    gen.on_processing_time(60 * S)  # idle for 50 s beyond the timeout
+    assert gen.current_watermark_ns == 150 * S
+    assert gen.on_events(120 * S, now_ns=61 * S) is None  # older data does not pull it back
+    assert gen.current_watermark_ns == 150 * S
+    assert gen.on_processing_time(70 * S) is None
+    assert gen.on_processing_time(72 * S) == 151 * S
+
+
+def test_a_key_group_without_any_event_gets_no_watermark_when_idle() -> None:
+    gen = WatermarkStrategy(0, idle_timeout_ns=S).build(None)
+    assert gen.on_processing_time(0) is None
+    assert gen.on_processing_time(100 * S) is None
+    assert gen.current_watermark_ns is None
+
+
+def test_without_an_idle_timeout_the_wall_clock_never_moves_the_watermark() -> None:
+    gen = WatermarkStrategy(0).build(None)
+    gen.on_events(5, now_ns=0)
+    assert gen.on_processing_time(10**18) is None
+
+
+def test_generator_state_round_trips_through_its_versioned_bytes() -> None:
+    for state in (WatermarkGeneratorState(None, None), WatermarkGeneratorState(-5, 2**62)):
+        assert WatermarkGeneratorState.from_bytes(state.to_bytes()) == state
+    with pytest.raises(SerializationError):
+        WatermarkGeneratorState.from_bytes(b"\x09" + bytes(17))
+
+
+def test_a_resumed_generator_continues_from_its_snapshot_and_restarts_its_idle_timer() -> None:
+    strategy = WatermarkStrategy(S, idle_timeout_ns=10 * S)
+    gen = strategy.build(None)
+    gen.on_events(50 * S, now_ns=0)
+    resumed = strategy.build(gen.snapshot())
+    assert resumed.current_watermark_ns == 49 * S
+    assert resumed.on_processing_time(100 * S) is None  # first reading starts the timer
+    assert resumed.on_processing_time(111 * S) == 50 * S
+    assert resumed.on_events(40 * S, now_ns=112 * S) is None
+
+
+def test_strategy_durations_parse_and_invalid_ones_are_refused() -> None:
+    assert WatermarkStrategy.of("30s", "1m") == WatermarkStrategy(30 * S, 60 * S)
+    assert WatermarkStrategy.of("0s") == WatermarkStrategy(0, None)
+    with pytest.raises(ConfigurationError):
+        WatermarkStrategy(-1)
+    with pytest.raises(ConfigurationError):
+        WatermarkStrategy(0, idle_timeout_ns=0)
+
+
+def test_the_assigner_forwards_batches_and_emits_a_watermark_only_when_it_advances() -> None:
+    op, out = assigner(), Out()
+    b1, b2, b3 = batch(0, 10, 12), batch(0, 11), batch(1, 3)
+    for b in (b1, b2, b3):
+        op.process_batch(b, out)
+    assert out.elements == [b1, Watermark(0, 7 * S), b2, b3, Watermark(1, -2 * S)]
+    op.process_watermark(Watermark(0, 10**18), out)  # upstream watermarks are dropped
+    assert len(out.elements) == 5
+
+
+def test_the_assigner_emits_idle_watermarks_on_processing_time_ticks() -> None:
+    clock = ManualClock(1000 * S)
+    op, out = assigner(bound_s=5, idle_s=30, clock=clock), Out()
+    op.process_batch(batch(0, 100), out)
+    op.process_batch(batch(1, 100), out)
+    clock.advance(10 * S)
+    op.process_batch(batch(1, 101), out)
+    clock.advance(25 * S)  # key group 0 quiet for 35 s, key group 1 for 25 s
+    op.on_processing_time(clock.now_ns(), out)
+    assert out.watermarks()[-1] == Watermark(0, 100 * S)  # 95 s + (35 - 30) s
+
+
+def test_an_idle_partition_closes_its_last_window_downstream(tmp_path: Any) -> None:
+    clock = ManualClock(0)
+    op = assigner(bound_s=5, idle_s=30, clock=clock)
+    window = TierWindowOperator("w1m", TierSpec("1m", "1m", "1d"))
+    window.setup(OperatorContext("w1m", frozenset({0}), HeapKeyedStateBackend(), None))  # type: ignore[arg-type]
+    window.initialize_state(StateInitializationContext(False, (), ()))
+    out = Out()
+
+    class Into(Out):
+        def emit(self, element: Any) -> None:
+            window.process_batch(element, out)
+
+        def emit_watermark(self, watermark: Watermark) -> None:
+            window.process_watermark(watermark, out)
+
+    into = Into()
+    op.process_batch(batch(0, 50), into)  # last point of the partition, window [0, 60 s)
+    for _ in range(8):  # 40 s quiet: watermark 45 s + (40 - 30) s = 55 s < 60 s
+        clock.advance(5 * S)
+        op.on_processing_time(clock.now_ns(), into)
+    assert not any(isinstance(e, AggregateBatch) for e in out.elements)
+    for _ in range(2):  # 50 s quiet: watermark 65 s >= 60 s, the window fires
+        clock.advance(5 * S)
+        op.on_processing_time(clock.now_ns(), into)
+    assert [len(e) for e in out.elements if isinstance(e, AggregateBatch)] == [1]
+
+
+def test_the_assigner_snapshots_one_operator_state_handle_per_key_group_and_restores_it() -> None:
+    op, out = assigner(), Out()
+    op.process_batch(batch(0, 10), out)
+    op.process_batch(batch(1, 20), out)
+    snap = op.snapshot_state(CheckpointBarrier(1, 0))
+    assert snap.keyed is None
+    assert [h.key_group for h in snap.operator] == [0, 1]
+    other = OperatorStateHandle("someone-else", 0, b"garbage")
+    resumed = WatermarkAssigner("wm", WatermarkStrategy(5 * S, 30 * S), ManualClock())
+    resumed.setup(OperatorContext("wm", frozenset({1}), HeapKeyedStateBackend(), None))  # type: ignore[arg-type]
+    resumed.initialize_state(StateInitializationContext(True, (), (*snap.operator, other)))
+    assert resumed.current_watermark_ns(1) == 15 * S
+    assert resumed.current_watermark_ns(0) is None  # not assigned here
+    resumed.on_key_groups_assigned(
+        frozenset({0}), StateInitializationContext(True, (), snap.operator)
+    )
+    assert resumed.current_watermark_ns(0) == 5 * S
+    resumed.on_key_groups_revoked(frozenset({0}))
+    assert resumed.current_watermark_ns(0) is None
+
+
+def test_the_manual_clock_moves_only_forward_and_the_system_clock_reads_real_time() -> None:
+    clock = ManualClock(5)
+    assert clock.advance(3) == 8
+    clock.set(10)
+    with pytest.raises(ValueError, match="backwards"):
+        clock.set(9)
+    with pytest.raises(ValueError, match="backwards"):
+        clock.advance(-1)
+    assert SystemClock().now_ns() > 1_600_000_000 * S
