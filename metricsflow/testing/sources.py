@@ -1,0 +1,151 @@
+"""``InMemorySource``: a replayable, partitioned source for tests.
+
+Each key group reads a list of elements: ``RecordBatch`` / ``RawLinesBatch``, and markers:
+
+- :data:`END`: the key group's input ends here (``EndOfPartition``); without it the reader
+  goes idle (``poll`` returns ``None``) after the last element, like a caught-up Kafka reader;
+  ``element_delay_s`` slows reading down (so that checkpoints happen between elements);
+- :data:`CRASH`: raises :class:`SimulatedCrashError` at this position, **once** (the source
+  object remembers it across job restarts, so a restarted job gets past it);
+- :data:`CRASH_DURING_CHECKPOINT`: arms a crash that fires on the first ``poll`` after the next
+  barrier of this key group: after the synchronous phase of that checkpoint, before it can
+  complete. Also once (it counts as fired when the crash happens; if the job fails for
+  another reason first, the replay arms it again).
+
+The position (index of the next element) is the reader's checkpointed operator state, so a job
+restored from checkpoint *n* resumes exactly after it. ``committed`` holds, per key group, the
+position of the last checkpoint whose completion was notified (like Kafka offset commits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import struct
+from collections.abc import Mapping, Sequence
+
+from metricsflow.errors import SerializationError
+from metricsflow.runtime.records import EndOfPartition, RawLinesBatch, RecordBatch
+from metricsflow.runtime.source import Source, SourceElement, SourceReader
+from metricsflow.runtime.task import FatalTaskError
+
+
+class Marker(enum.Enum):
+    END = "end"
+    CRASH = "crash"
+    CRASH_DURING_CHECKPOINT = "crash-during-checkpoint"
+
+
+END = Marker.END
+CRASH = Marker.CRASH
+CRASH_DURING_CHECKPOINT = Marker.CRASH_DURING_CHECKPOINT
+
+InMemoryElement = RecordBatch | RawLinesBatch | Marker
+
+_POSITION = struct.Struct(">BQ")
+_POSITION_VERSION = 1
+
+
+class SimulatedCrashError(FatalTaskError):
+    """A crash injected by a test (a ``CRASH`` marker): the job fails as if killed."""
+
+    retriable = True
+
+
+def encode_position(index: int) -> bytes:
+    return _POSITION.pack(_POSITION_VERSION, index)
+
+
+def decode_position(data: bytes) -> int:
+    if len(data) != _POSITION.size or data[0] != _POSITION_VERSION:
+        raise SerializationError(f"not an InMemorySource position: {data!r}")
+    return int(_POSITION.unpack(data)[1])
+
+
+class InMemorySource(Source):
+    """See the module docstring. ``partitions`` maps key group -> elements."""
+
+    def __init__(
+        self,
+        partitions: Mapping[int, Sequence[InMemoryElement]],
+        uid: str = "source",
+        *,
+        idle_sleep_s: float = 0.001,
+        element_delay_s: float = 0.0,
+    ) -> None:
+        super().__init__(uid)
+        self.partitions = {kg: list(elements) for kg, elements in partitions.items()}
+        self.idle_sleep_s = idle_sleep_s
+        self.element_delay_s = element_delay_s
+        self.fired: set[tuple[int, int]] = set()
+        self.committed: dict[int, int] = {}
+        self.crashes = 0
+
+    @property
+    def key_groups(self) -> frozenset[int]:
+        return frozenset(self.partitions)
+
+    def create_reader(self, key_group: int) -> InMemoryReader:
+        return InMemoryReader(self, key_group)
+
+
+class InMemoryReader(SourceReader):
+    def __init__(self, source: InMemorySource, key_group: int) -> None:
+        self.source = source
+        self.key_group = key_group
+        self.elements = source.partitions.get(key_group, [])
+        self.index = 0
+        self._snapshots: dict[int, int] = {}
+        self._armed: tuple[int, int] | None = None
+        self._crash_on_poll: tuple[int, int] | None = None
+        self._ended = False
+
+    def restore_position(self, position: bytes | None) -> None:
+        self.index = 0 if position is None else decode_position(position)
+
+    def _crash(self, where: str) -> SimulatedCrashError:
+        self.source.crashes += 1
+        return SimulatedCrashError(
+            f"simulated crash key_group={self.key_group} position={self.index} ({where})"
+        )
+
+    async def poll(self) -> SourceElement | None:
+        if self._crash_on_poll is not None:
+            self.source.fired.add(self._crash_on_poll)
+            self._crash_on_poll = None
+            raise self._crash("during checkpoint")
+        while self.index < len(self.elements):
+            element = self.elements[self.index]
+            marker = (self.key_group, self.index)
+            if element is CRASH:
+                if marker not in self.source.fired:
+                    self.source.fired.add(marker)
+                    raise self._crash("marker")
+                self.index += 1
+                continue
+            if element is CRASH_DURING_CHECKPOINT:
+                if marker not in self.source.fired:
+                    self._armed = marker
+                self.index += 1
+                continue
+            await asyncio.sleep(self.source.element_delay_s)
+            self.index += 1
+            if element is END:
+                self._ended = True
+                return EndOfPartition(self.key_group)
+            assert not isinstance(element, Marker)
+            return element
+        await asyncio.sleep(self.source.idle_sleep_s)
+        return None
+
+    def snapshot_position(self, checkpoint_id: int) -> bytes:
+        self._snapshots[checkpoint_id] = self.index
+        if self._armed is not None:
+            self._crash_on_poll, self._armed = self._armed, None
+        return encode_position(self.index)
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        for cid in [c for c in self._snapshots if c <= checkpoint_id]:
+            position = self._snapshots.pop(cid)
+            if cid == checkpoint_id:
+                self.source.committed[self.key_group] = position
