@@ -1,0 +1,79 @@
+# metricsflow — the command contract (docs: README.md, design.md §7):
+#   make test    install everything needed (.venv, Kafka jars, InfluxDB), lint, typecheck, pytest
+#   make run     start Kafka, InfluxDB (and the gateway/worker once registered) in the foreground
+#   make bench   run every bench/bench_*.py (each prints a table, writes bench/results/*.json)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.metricsflow-deps
+PYTEST_ARGS ?=
+
+.PHONY: help deps infra-install test lint format typecheck pytest run bench clean distclean
+
+help:
+	@echo "make test       install deps + Kafka + InfluxDB, then lint, typecheck, pytest"
+	@echo "make run        Kafka + InfluxDB (+ app components) in the foreground; Ctrl-C stops"
+	@echo "make lint       ruff check"
+	@echo "make typecheck  mypy (strict, config in pyproject.toml)"
+	@echo "make bench      every bench/bench_*.py"
+	@echo "make clean      stop local servers, remove .run/ and caches (keeps .venv)"
+
+# --- Python environment: .venv with uv; reinstalled when pyproject.toml changes -------------
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv
+
+$(STAMP): pyproject.toml | $(BIN)/uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,bench]'
+	touch $@
+
+deps: $(STAMP)
+
+# --- Local servers: Kafka jars (Maven, cached in ~/.cache/metricsflow), InfluxDB (apt) -------
+infra-install: $(STAMP)
+	$(BIN)/metricsflow infra install
+
+# --- Checks -------------------------------------------------------------------------------
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) infra-install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: $(STAMP) infra-install
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# --- Running ------------------------------------------------------------------------------
+# Components are listed in metricsflow/infra/stack.py (RUN_COMPONENTS). Ports: README.md.
+run: $(STAMP) infra-install
+	$(BIN)/metricsflow infra run
+
+bench: $(STAMP) infra-install
+	@mkdir -p bench/results
+	@shopt -s nullglob; scripts=(bench/bench_*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "no bench/bench_*.py yet"; exit 0; fi; \
+	for script in "$${scripts[@]}"; do \
+		echo "=== $$script"; $(BIN)/python "$$script" || exit $$?; \
+	done
+
+# --- Cleaning -----------------------------------------------------------------------------
+clean:
+	@if [ -x $(BIN)/metricsflow ]; then $(BIN)/metricsflow infra down || true; fi
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info
