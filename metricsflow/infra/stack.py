@@ -61,8 +61,8 @@ INFRA_COMPONENTS: tuple[str, ...] = (
 #: Application components (gateway, worker) add one line each here.
 RUN_COMPONENTS: tuple[str, ...] = (
     *INFRA_COMPONENTS,
-    # "gateway.component:gateway_component",
-    # "metricsflow.worker.component:worker_component",
+    "gateway.component:gateway_component",
+    "metricsflow.worker.component:worker_component",
 )
 
 

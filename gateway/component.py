@@ -1,0 +1,100 @@
+"""The gateway as a ``make run`` component (see :mod:`metricsflow.infra.stack`).
+
+Ports and names come from ``METRICSFLOW_*`` environment variables (``make run`` is the
+``metricsflow`` CLI): ``METRICSFLOW_GATEWAY_PORT`` (default 8186, Telegraf's
+``influxdb_listener`` port), ``METRICSFLOW_KAFKA_TOPIC`` (default ``metrics``) and
+``METRICSFLOW_KAFKA_PARTITIONS`` (default 6: the most workers one topic can spread over).
+The topic is created before the gateway starts, so that its partition count is ours and
+not the broker's auto-create default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from gateway.server import GatewayConfig, GatewayServer
+from metricsflow.errors import ConfigurationError, InfrastructureError
+from metricsflow.infra.base import ManagedServer
+from metricsflow.infra.settings import InfraSettings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GATEWAY_PORT = 8186
+DEFAULT_TOPIC = "metrics"
+DEFAULT_PARTITIONS = 6
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not an integer") from None
+
+
+async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
+    """Create ``topic`` with ``partitions`` partitions unless it exists; return its count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        try:
+            await admin.create_topics(
+                [NewTopic(name=topic, num_partitions=partitions, replication_factor=1)]
+            )
+            logger.info("topic created topic=%s partitions=%d", topic, partitions)
+        except TopicAlreadyExistsError:
+            pass
+        for _ in range(100):
+            described = await admin.describe_topics([topic])
+            parts = described[0]["partitions"] if described else []
+            if parts and all(p["leader"] >= 0 for p in parts):
+                return len(parts)
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    raise InfrastructureError(f"topic {topic!r} has no leader for every partition", retriable=True)
+
+
+class RunGatewayServer(GatewayServer):
+    """A gateway that makes sure its topic exists before it starts."""
+
+    def __init__(self, config: GatewayConfig, partitions: int) -> None:
+        super().__init__(config)
+        self.partitions = partitions
+
+    def prepare(self) -> None:
+        count = asyncio.run(
+            ensure_topic(self.config.bootstrap_servers, self.config.topic, self.partitions)
+        )
+        if count != self.partitions:
+            logger.warning(
+                "topic exists with another partition count topic=%s partitions=%d wanted=%d",
+                self.config.topic,
+                count,
+                self.partitions,
+            )
+
+
+def gateway_component(settings: InfraSettings, addresses: Mapping[str, str]) -> ManagedServer:
+    if "kafka" not in addresses:
+        raise ConfigurationError("the gateway component needs the kafka component before it")
+    return RunGatewayServer(
+        GatewayConfig(
+            data_dir=settings.infra_dir / "gateway",
+            port=_int_env("METRICSFLOW_GATEWAY_PORT", DEFAULT_GATEWAY_PORT),
+            bootstrap_servers=addresses["kafka"],
+            topic=os.environ.get("METRICSFLOW_KAFKA_TOPIC") or DEFAULT_TOPIC,
+            env={"GATEWAY_INFLUXDB_URL": addresses.get("influxdb", "")}
+            if "influxdb" in addresses
+            else {},
+        ),
+        partitions=_int_env("METRICSFLOW_KAFKA_PARTITIONS", DEFAULT_PARTITIONS),
+    )
