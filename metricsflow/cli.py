@@ -31,6 +31,13 @@ def _register() -> None:
     from metricsflow.infra.cli import infra
 
     cli.add_command(infra)
+    from gateway.cli import gateway
+
+    cli.add_command(gateway)
+    from metricsflow.worker.cli import checkpoint, savepoint, worker
+
+    for command in (worker, savepoint, checkpoint):
+        cli.add_command(command)
 
 
 def main() -> None:

@@ -6,15 +6,32 @@ between two batches, right after the position is recorded). After a restore the 
 resumes exactly after that position. ``notify_checkpoint_complete`` is where a reader may
 commit its position externally (Kafka offsets, for lag monitoring): only completed checkpoints
 are a position to resume from.
+
+**Idleness is the reader's call** (Flink's ``WatermarkStatus``). After every ``poll`` that
+returned ``None`` the task asks :meth:`SourceReader.watermark_status`: ``IDLE`` means "I have
+nothing to read right now" (caught up with the end of the input), ``ACTIVE`` means input is or
+may be waiting (the reader is held back by backpressure, not positioned yet, or cannot tell
+because its broker is unreachable). Only an ``IDLE`` key group's watermark may advance with the
+wall clock (``metricsflow.time.watermarks``); a batch always makes it ``ACTIVE`` again.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 
 from metricsflow.runtime.records import EndOfPartition, RawLinesBatch, RecordBatch
 
 SourceElement = RecordBatch | RawLinesBatch | EndOfPartition
+
+
+class WatermarkStatus(enum.Enum):
+    """Whether a key group's source has input (Flink's ``WatermarkStatus``)."""
+
+    ACTIVE = "active"
+    """Input was delivered, is waiting, or may be waiting: event time comes from the data."""
+    IDLE = "idle"
+    """Nothing to read right now: after the idle timeout, event time follows the wall clock."""
 
 
 class SourceReader(abc.ABC):
@@ -34,6 +51,16 @@ class SourceReader(abc.ABC):
     @abc.abstractmethod
     def snapshot_position(self, checkpoint_id: int) -> bytes:
         """The position after the last element returned by ``poll`` (synchronous, cheap)."""
+
+    def watermark_status(self) -> WatermarkStatus:
+        """Asked after ``poll`` returned ``None``: ``IDLE`` only if there is nothing to read.
+
+        The default suits a reader whose ``poll`` returns ``None`` only when it has nothing
+        (an in-memory input past its last element). A reader that also returns ``None`` when it
+        is held back (backpressure), not positioned yet or cut off from its input must override
+        this and answer ``ACTIVE`` then, so that waiting input is never mistaken for idleness.
+        """
+        return WatermarkStatus.IDLE
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:  # noqa: B027
         """Checkpoint ``checkpoint_id`` completed: its position may be committed externally."""

@@ -9,6 +9,13 @@ In the **sink task** the same happens once barrier *n* arrived on every input (a
 barriers.py); the sink's asynchronous part makes everything before the barrier durable
 (flush) before it acknowledges.
 
+Wall clock and backpressure: after every ``poll`` that returned nothing, a source task asks its
+reader for its :class:`~metricsflow.runtime.source.WatermarkStatus` and tells the chain when it
+changes (``WatermarkStatusListener``: the watermark assigner), so only a reader that has
+nothing to read lets its watermark follow the clock. The sink task awaits its operator's
+``wait_for_capacity`` (``BackpressureAwaitable``) before every element: a slow sink fills the
+bounded channels and stops the sources without blocking the event loop.
+
 An exception from processing fails the job; an exception in a snapshot declines the checkpoint
 (the job goes on), unless it is a :class:`FatalTaskError`, which always fails the job.
 """
@@ -49,7 +56,7 @@ from metricsflow.runtime.records import (
     RecordBatch,
     Watermark,
 )
-from metricsflow.runtime.source import SourceReader
+from metricsflow.runtime.source import SourceReader, WatermarkStatus
 from metricsflow.state.base import AsyncSnapshot
 from metricsflow.time.base import Clock
 
@@ -85,6 +92,27 @@ class ProcessingTimeCallback(Protocol):
     """Operators with wall-clock behaviour (idle watermarks) are ticked by their task."""
 
     def on_processing_time(self, now_ns: int, output: Output) -> None: ...
+
+
+@runtime_checkable
+class WatermarkStatusListener(Protocol):
+    """Operators told whether their key group's source has input (the watermark assigner):
+    the source task calls this whenever the status changes, before the element or tick that
+    follows the change."""
+
+    def on_watermark_status(
+        self, key_group: int, status: WatermarkStatus, now_ns: int, output: Output
+    ) -> None: ...
+
+
+@runtime_checkable
+class BackpressureAwaitable(Protocol):
+    """A sink operator that can say, without blocking the event loop, when it has room for
+    more input. The sink task awaits it before every element, so a slow external system
+    slows the job down (channels fill, sources stop reading) while heartbeats, checkpoints
+    and the REST API keep running."""
+
+    async def wait_for_capacity(self) -> None: ...
 
 
 @runtime_checkable
@@ -211,6 +239,11 @@ class OperatorChain:
         for op, out in zip(self.operators, self.outputs, strict=True):
             if isinstance(op, ProcessingTimeCallback):
                 op.on_processing_time(now_ns, out)
+
+    def on_watermark_status(self, status: WatermarkStatus, now_ns: int) -> None:
+        for op, out in zip(self.operators, self.outputs, strict=True):
+            if isinstance(op, WatermarkStatusListener):
+                op.on_watermark_status(self.key_group, status, now_ns, out)
 
     def snapshot(self, barrier: CheckpointBarrier) -> _Snapshot:
         """The synchronous phase for every operator (call after ``prepare``)."""
@@ -357,6 +390,8 @@ class SourceTask(_TaskBase):
         self.finished = False
         self.records_in = 0
         self.last_sync_ns = 0
+        self.watermark_status = WatermarkStatus.ACTIVE
+        """What the reader last said about its input (``ACTIVE`` until it says ``IDLE``)."""
 
     def trigger_checkpoint(self, barrier: CheckpointBarrier) -> None:
         """Called by the coordinator: inject barrier *n* before the next batch."""
@@ -373,6 +408,7 @@ class SourceTask(_TaskBase):
     async def run(self) -> None:
         clock = self.env.clock
         self.reader.restore_position(self.restored_position)
+        self.chain.on_watermark_status(WatermarkStatus.ACTIVE, clock.now_ns())
         next_tick = clock.now_ns() + self.env.processing_time_interval_ns
         while True:
             while self._barriers:
@@ -383,6 +419,10 @@ class SourceTask(_TaskBase):
                 continue
             element = await self.reader.poll()
             now = clock.now_ns()
+            status = self.reader.watermark_status() if element is None else WatermarkStatus.ACTIVE
+            if status is not self.watermark_status:
+                self.watermark_status = status
+                self.chain.on_watermark_status(status, now)
             if element is None or now >= next_tick:
                 next_tick = now + self.env.processing_time_interval_ns
                 self.chain.on_processing_time(now)
@@ -507,7 +547,14 @@ class SinkTask(_TaskBase):
             self.done.set()
 
     async def run(self) -> None:
+        capacity = (
+            self.operator.wait_for_capacity
+            if isinstance(self.operator, BackpressureAwaitable)
+            else None
+        )
         while True:
+            if capacity is not None:
+                await capacity()
             key_group, element = await self.gate.next()
             if isinstance(element, CheckpointBarrier):
                 now = time.perf_counter_ns()

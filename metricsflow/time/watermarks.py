@@ -7,19 +7,26 @@ Semantics (documented in docs/windows.md):
   ``ts >= watermark`` is on time, a point with ``ts < watermark`` is late (the operators
   downstream decide what late means for them, see ``allowed_lateness_ns``). A watermark with
   timestamp ``t`` means "no more points with ``ts < t``" (records.Watermark).
-* **Idleness.** When a key group has seen no input for ``idle_timeout_ns`` of wall-clock time,
+* **Idleness.** A key group is idle when its *source says so*
+  (:class:`~metricsflow.runtime.source.WatermarkStatus`): ``IDLE`` = the reader has nothing to
+  read (caught up), ``ACTIVE`` = input is or may be waiting (also while the reader is held back
+  by backpressure or cut off from its broker). Missing batches alone never make a key group
+  idle. Once a key group has been quiet *and* idle for ``idle_timeout_ns`` of wall-clock time,
   its event time is assumed to keep going at the wall clock's rate: at wall-clock time ``now``
-  the watermark is ``max(watermark, base + (now - last_input - idle_timeout_ns))`` where
-  ``last_input`` is the wall-clock time of the last batch and ``base`` the watermark right after
-  that batch. The watermark starts moving exactly ``idle_timeout_ns`` after the last input,
-  continuously (no jump), so any window of a quiet key group closes after at most
-  ``idle_timeout + window size + max_out_of_orderness`` of quiet wall-clock time, and a pause
-  in a backfill of old data does not push the watermark to "now".
+  the watermark is ``max(watermark, base + (now - quiet_since - idle_timeout_ns))`` where
+  ``quiet_since`` is the later of the last batch and the moment the source reported ``IDLE``,
+  and ``base`` the watermark at that moment. The watermark starts moving exactly
+  ``idle_timeout_ns`` after that, continuously (no jump), so any window of a quiet key group
+  closes after at most ``idle_timeout + window size + max_out_of_orderness`` of idle wall-clock
+  time, and a pause in a backfill of old data does not push the watermark to "now". ``ACTIVE``
+  stops the advance at once. A generator nobody reports a status to (used without a source,
+  e.g. in unit tests) counts every quiet moment as idle.
 * The watermark **never moves backwards** (new input can only raise it).
 
 Determinism: without idleness the watermark is a pure function of the input and its batch
 boundaries, so replay from a checkpoint is exact. Idle advances depend on the wall clock; they
-are the only non-replayable input, and only matter for data arriving after a quiet period.
+are the only non-replayable input, and only matter for data arriving after a quiet period in
+which the source had nothing to read.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from metricsflow.runtime.records import (
     RecordBatch,
     Watermark,
 )
+from metricsflow.runtime.source import WatermarkStatus
 from metricsflow.time.base import Clock, SystemClock
 from metricsflow.windows.base import parse_duration_ns
 
@@ -89,7 +97,14 @@ class WatermarkGeneratorState:
 class WatermarkGenerator:
     """The watermark of one key group (build it with :meth:`WatermarkStrategy.build`)."""
 
-    __slots__ = ("_base_ns", "_last_input_wall_ns", "_max_ts_ns", "_strategy", "_watermark_ns")
+    __slots__ = (
+        "_active",
+        "_base_ns",
+        "_max_ts_ns",
+        "_quiet_since_ns",
+        "_strategy",
+        "_watermark_ns",
+    )
 
     def __init__(
         self, strategy: WatermarkStrategy, resume_state: WatermarkGeneratorState | None
@@ -98,7 +113,8 @@ class WatermarkGenerator:
         self._max_ts_ns = resume_state.max_event_ts_ns if resume_state else None
         self._watermark_ns = resume_state.watermark_ns if resume_state else None
         self._base_ns = self._watermark_ns
-        self._last_input_wall_ns: int | None = None
+        self._quiet_since_ns: int | None = None
+        self._active = False
 
     @property
     def current_watermark_ns(self) -> int | None:
@@ -109,6 +125,11 @@ class WatermarkGenerator:
     def max_event_ts_ns(self) -> int | None:
         return self._max_ts_ns
 
+    @property
+    def status(self) -> WatermarkStatus:
+        """What the source last reported (``IDLE`` until it reports anything)."""
+        return WatermarkStatus.ACTIVE if self._active else WatermarkStatus.IDLE
+
     def on_events(self, max_ts_ns: int, now_ns: int) -> int | None:
         """A batch whose largest event time is ``max_ts_ns`` arrived at wall time ``now_ns``.
 
@@ -117,33 +138,52 @@ class WatermarkGenerator:
         if self._max_ts_ns is None or max_ts_ns > self._max_ts_ns:
             self._max_ts_ns = max_ts_ns
         advanced = self._raise_to(self._max_ts_ns - self._strategy.max_out_of_orderness_ns)
-        self._last_input_wall_ns = now_ns
+        self._quiet_since_ns = now_ns
         self._base_ns = self._watermark_ns
         return advanced
 
+    def mark_active(self) -> None:
+        """The source has (or may have) input: the wall clock stops moving the watermark."""
+        self._active = True
+
+    def mark_idle(self, now_ns: int) -> None:
+        """The source has nothing to read since ``now_ns``: the idle timer starts (if it is
+        not running already)."""
+        if not self._active:
+            return
+        self._active = False
+        if self._quiet_since_ns is None or now_ns > self._quiet_since_ns:
+            self._quiet_since_ns = now_ns
+        self._base_ns = self._watermark_ns
+
     def on_processing_time(self, now_ns: int) -> int | None:
-        """A wall-clock tick: advance the watermark if the key group is idle.
+        """A wall-clock tick: advance the watermark if the key group is idle for longer than
+        the idle timeout.
 
         Returns the new watermark if it advanced, else ``None``.
         """
         idle_timeout = self._strategy.idle_timeout_ns
-        if idle_timeout is None:
+        if idle_timeout is None or self._active:
             return None
-        if self._last_input_wall_ns is None:
+        if self._quiet_since_ns is None:
             # first reading after start or restore: the idle timer starts now
-            self._last_input_wall_ns = now_ns
+            self._quiet_since_ns = now_ns
             return None
         if self._base_ns is None:
             return None  # no event seen yet: nothing to close
-        idle_for = now_ns - self._last_input_wall_ns - idle_timeout
+        idle_for = now_ns - self._quiet_since_ns - idle_timeout
         if idle_for <= 0:
             return None
         return self._raise_to(min(self._base_ns + idle_for, MAX_WATERMARK_NS))
 
     def is_idle(self, now_ns: int) -> bool:
+        """Idle for at least the idle timeout (the wall clock moves the watermark)."""
         timeout = self._strategy.idle_timeout_ns
-        last = self._last_input_wall_ns
-        return timeout is not None and last is not None and now_ns - last >= timeout
+        last = self._quiet_since_ns
+        return (
+            timeout is not None and not self._active and last is not None
+            and now_ns - last >= timeout
+        )  # fmt: skip
 
     def snapshot(self) -> WatermarkGeneratorState:
         return WatermarkGeneratorState(self._max_ts_ns, self._watermark_ns)
@@ -259,6 +299,18 @@ class WatermarkAssigner(Operator):
 
     def process_watermark(self, watermark: Watermark, output: Output) -> None:
         """Upstream watermarks are dropped (watermarks originate here)."""
+
+    def on_watermark_status(
+        self, key_group: int, status: WatermarkStatus, now_ns: int, output: Output
+    ) -> None:
+        """The source of ``key_group`` reports whether it has input (called by the runtime
+        when the status changes): only an ``IDLE`` key group's watermark follows the clock."""
+        gen = self.generator(key_group)
+        if status is WatermarkStatus.IDLE:
+            gen.mark_idle(now_ns)
+        else:
+            gen.mark_active()
+        logger.debug("key group %d source status %s", key_group, status.value)
 
     def on_processing_time(self, now_ns: int, output: Output) -> None:
         """Called periodically by the runtime: emit the watermarks of idle key groups."""

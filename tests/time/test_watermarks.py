@@ -20,6 +20,7 @@ from metricsflow.runtime.records import (
     RecordBatch,
     Watermark,
 )
+from metricsflow.runtime.source import WatermarkStatus
 from metricsflow.state.heap import HeapKeyedStateBackend
 from metricsflow.time import (
     ManualClock,
@@ -228,3 +229,56 @@ def test_the_manual_clock_moves_only_forward_and_the_system_clock_reads_real_tim
     with pytest.raises(ValueError, match="backwards"):
         clock.advance(-1)
     assert SystemClock().now_ns() > 1_600_000_000 * S
+
+
+# -- idleness is the source's call (WatermarkStatus) ------------------------------------------
+def test_a_key_group_whose_source_is_active_never_follows_the_wall_clock() -> None:
+    # backpressure: the reader stopped fetching, data waits in Kafka; that is not idleness
+    gen = WatermarkStrategy(5 * S, idle_timeout_ns=30 * S).build(None)
+    gen.on_events(100 * S, now_ns=1000 * S)
+    gen.mark_active()
+    assert gen.status is WatermarkStatus.ACTIVE
+    for minutes in range(1, 61):
+        assert gen.on_processing_time(1000 * S + minutes * 60 * S) is None
+    assert gen.current_watermark_ns == 95 * S
+    assert not gen.is_idle(5000 * S)
+
+
+def test_the_idle_timer_starts_when_the_source_reports_idle_not_at_the_last_batch() -> None:
+    gen = WatermarkStrategy(5 * S, idle_timeout_ns=30 * S).build(None)
+    gen.mark_active()
+    gen.on_events(100 * S, now_ns=1000 * S)
+    gen.mark_idle(1100 * S)  # 100 s of backpressure, then the reader caught up
+    assert gen.status is WatermarkStatus.IDLE
+    assert gen.on_processing_time(1130 * S) is None  # exactly the timeout: not yet moving
+    assert gen.on_processing_time(1131 * S) == 96 * S  # 95 s + (31 - 30) s, no jump
+    assert gen.on_processing_time(1190 * S) == 155 * S
+    assert gen.is_idle(1190 * S)
+
+
+def test_reporting_active_stops_an_idle_advance_at_once_and_keeps_the_watermark() -> None:
+    gen = WatermarkStrategy(0, idle_timeout_ns=10 * S).build(None)
+    gen.mark_active()
+    gen.on_events(100 * S, now_ns=0)
+    gen.mark_idle(0)
+    assert gen.on_processing_time(20 * S) == 110 * S
+    gen.mark_active()
+    assert gen.on_processing_time(500 * S) is None
+    assert gen.current_watermark_ns == 110 * S
+    gen.mark_idle(600 * S)  # a second quiet period starts from the advanced watermark
+    gen.mark_idle(650 * S)  # repeated reports do not restart the timer
+    assert gen.on_processing_time(615 * S) == 115 * S
+
+
+def test_the_assigner_routes_source_statuses_to_their_key_group() -> None:
+    clock = ManualClock(1000 * S)
+    op, out = assigner(bound_s=5, idle_s=30, clock=clock), Out()
+    for kg in (0, 1):
+        op.on_watermark_status(kg, WatermarkStatus.ACTIVE, clock.now_ns(), out)
+        op.process_batch(batch(kg, 100), out)
+    op.on_watermark_status(0, WatermarkStatus.IDLE, clock.now_ns(), out)  # caught up
+    clock.advance(40 * S)  # key group 1 is held back by backpressure meanwhile
+    op.on_processing_time(clock.now_ns(), out)
+    assert out.watermarks()[-1] == Watermark(0, 105 * S)
+    assert op.current_watermark_ns(1) == 95 * S
+    assert op.generator(1).status is WatermarkStatus.ACTIVE

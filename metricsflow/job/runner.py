@@ -1,0 +1,301 @@
+"""Runs the downsampling job in one worker process: source, job, sink, rebalances.
+
+Start order: the sink opens (its writer thread), the :class:`~metricsflow.runtime.job.Job`
+starts with no key groups, then the Kafka consumer joins the group. Every assignment restores
+the new key groups from the newest state anywhere in the cluster
+(:class:`~metricsflow.job.recovery.ClusterRecovery`) and starts them; every revocation stops
+them, then flushes the sink (bounded by ``revoke_flush_timeout_s``) so that this worker's
+output for them is in InfluxDB before the next owner starts replaying.
+
+**Restarts happen in-process** (Flink's restart strategies, ``metricsflow.runtime.restart``):
+when the job fails (a task's exception, too many failed checkpoints, a sink that died), the
+runner waits the strategy's delay, builds a new job and a new sink, and restores the key groups
+it still owns from the newest checkpoints (``ClusterRecovery``), while the Kafka consumer stays
+a member of the group. Exiting instead would make the group rebalance twice (leave, re-join):
+with the eager protocol every worker would stop, flush and restore *all* its partitions, for a
+failure that concerns one worker. Only when the strategy refuses (failures too frequent) does
+``run`` raise and the process exit non-zero, for the supervisor (systemd, Kubernetes) to
+restart it with its own back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from metricsflow.checkpointing.config import CheckpointConfig
+from metricsflow.checkpointing.coordinator import CompletedCheckpoint
+from metricsflow.checkpointing.storage import FsCheckpointStorage
+from metricsflow.errors import ConfigurationError
+from metricsflow.job.graph import SOURCE_UID, DownsamplingJobConfig, build_graph
+from metricsflow.job.recovery import ClusterRecovery
+from metricsflow.model.partition import partition_for
+from metricsflow.runtime.job import Job
+from metricsflow.runtime.records import RecordBatch, split_window_key
+from metricsflow.runtime.restart import (
+    FailureRateRestartStrategy,
+    FixedDelayRestartStrategy,
+    NoRestartStrategy,
+    RestartStrategy,
+)
+from metricsflow.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
+from metricsflow.sources.kafka import KafkaSource, KafkaSourceConfig
+from metricsflow.state.config import StateBackendConfig
+from metricsflow.windows.operator import TierWindowOperator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    worker_id: str
+    checkpoint_dir: Path
+    savepoint_dir: Path
+    late_dir: Path
+    source: KafkaSourceConfig
+    sink: InfluxDBSinkConfig
+    job: DownsamplingJobConfig = field(default_factory=DownsamplingJobConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    state_backend: StateBackendConfig = field(default_factory=StateBackendConfig)
+    from_savepoint: str | None = None
+    allow_non_restored_state: bool = False
+    revoke_flush_timeout_s: float = 10.0
+    restart_strategy: str = "failure-rate"
+    """``failure-rate``, ``fixed-delay`` or ``none`` (fail the process at the first failure)."""
+    restart_delay_s: float = 2.0
+    restart_attempts: int = 3
+    """``fixed-delay``: restarts in the life of the process."""
+    restart_max_failures_per_interval: int = 3
+    restart_failure_rate_interval_s: float = 300.0
+
+    def build_restart_strategy(self) -> RestartStrategy:
+        if self.restart_strategy == "failure-rate":
+            return FailureRateRestartStrategy(
+                self.restart_max_failures_per_interval, self.restart_failure_rate_interval_s,
+                self.restart_delay_s,
+            )  # fmt: skip
+        if self.restart_strategy == "fixed-delay":
+            return FixedDelayRestartStrategy(self.restart_attempts, self.restart_delay_s)
+        if self.restart_strategy == "none":
+            return NoRestartStrategy()
+        raise ConfigurationError(
+            f"unknown restart strategy {self.restart_strategy!r} (failure-rate, fixed-delay, none)"
+        )
+
+
+class LatePointsFile:
+    """Points beyond the allowed lateness (they are in the raw tier, not in the tiers):
+    ``<dir>/late-<pid>.jsonl``, one ``{"key", "ts_ns", "value"}`` object per point."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / f"late-{os.getpid()}.jsonl"
+        self.directory = directory
+        self.points = 0
+        self._lock = threading.Lock()
+
+    def write(self, batch: RecordBatch) -> None:
+        rows = [
+            orjson.dumps({"key": batch.keys[k], "ts_ns": t, "value": v}) + b"\n"
+            for k, t, v in zip(batch.key_idx.tolist(), batch.ts_ns.tolist(),
+                               batch.values.tolist(), strict=True)
+        ]  # fmt: skip
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with self.path.open("ab") as f:
+                f.writelines(rows)
+            self.points += len(rows)
+        logger.warning("late points beyond allowed lateness key_group=%d points=%d file=%s",
+                       batch.key_group, len(rows), self.path)  # fmt: skip
+
+
+class DownsamplingRunner:
+    """One worker's job (module docstring). ``await run()`` until stopped or failed."""
+
+    def __init__(self, config: RunnerConfig) -> None:
+        self.config = config
+        self.source = KafkaSource(SOURCE_UID, config.source)
+        self.late = LatePointsFile(config.late_dir)
+        root = config.checkpoint_dir / config.worker_id
+        root.mkdir(parents=True, exist_ok=True)
+        self.storage = FsCheckpointStorage(str(root))
+        self.recovery = ClusterRecovery(
+            config.checkpoint_dir, SOURCE_UID, savepoint=config.from_savepoint,
+            allow_non_restored_state=config.allow_non_restored_state,
+        )  # fmt: skip
+        self.restart_strategy = config.build_restart_strategy()
+        self.restarts = 0
+        self.last_failure = ""
+        self.sink = InfluxDBSink(config.sink)
+        self.job = self._build_job()
+        self.started_ns = time.time_ns()
+        self.state = "CREATED"
+        self._stopping = False
+        self._job_running = False
+        self._lock = asyncio.Lock()
+
+    def _build_job(self) -> Job:
+        """A job around ``self.sink`` (a new one after a failure: the old one is closed)."""
+        self.source.admission = self.sink.has_capacity
+        graph = build_graph(self.config.job, self.source, self.sink, on_late=self.late.write)
+        backend = self.config.state_backend
+        return Job(
+            graph,
+            storage=self.storage,
+            state_backend_factory=lambda uid, kg: backend.build(f"{uid}-{kg}"),
+            checkpoint_config=self.config.checkpoint,
+            savepoint_root=str(self.config.savepoint_dir),
+        )
+
+    def _replace_job(self) -> None:
+        old_stats = self.sink.stats
+        self.sink = InfluxDBSink(self.config.sink)
+        self.sink.stats = old_stats  # counters stay monotonic across restarts
+        old_stats.blocked = False
+        self.job = self._build_job()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Run the job, restarting it in-process after failures (module docstring); return
+        when it is stopped or cancelled, raise when the restart strategy gives up."""
+        source_started = False
+        job_task: asyncio.Task[None] | None = None
+        try:
+            while True:
+                self.sink.open()
+                job_task = asyncio.create_task(self.job.run(), name="job")
+                while self.job._sink_task is None and not job_task.done():  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+                self._job_running = not job_task.done()
+                self.state = "RUNNING"
+                try:
+                    if not source_started and not job_task.done():
+                        await self.source.start(self)
+                        source_started = True
+                    elif not job_task.done():
+                        await self._assign_owned_key_groups()
+                    await job_task
+                    if self.state == "RUNNING":
+                        self.state = "FINISHED"
+                    return
+                except Exception as exc:
+                    self._job_running = False
+                    if not job_task.done():
+                        self.job.cancel()
+                        await asyncio.gather(job_task, return_exceptions=True)
+                    if self._stopping or not self.restart_strategy.can_restart(time.monotonic()):
+                        self.state = "FAILED"
+                        logger.error("job failed, not restarting restarts=%d error=%r",
+                                     self.restarts, exc)  # fmt: skip
+                        raise
+                    self.restarts += 1
+                    self.last_failure = repr(exc)
+                    self.state = "RESTARTING"
+                    delay = self.restart_strategy.delay_s
+                    logger.warning("job failed, restarting in-process restart=%d delay_s=%.1f "
+                                   "error=%r", self.restarts, delay, exc)  # fmt: skip
+                    await asyncio.sleep(delay)
+                    async with self._lock:
+                        self._replace_job()
+        except BaseException:
+            self.state = "FAILED" if self.state != "STOPPED" else self.state
+            raise
+        finally:
+            self._stopping = True
+            self._job_running = False
+            if job_task is not None and not job_task.done():
+                self.job.cancel()
+                await asyncio.gather(job_task, return_exceptions=True)
+            await self.source.stop()
+            self.sink.close(flush=False)
+
+    async def _assign_owned_key_groups(self) -> None:
+        """After a restart: restore what the consumer still owns from the newest state."""
+        async with self._lock:
+            owned = self.source.assigned
+            if owned:
+                plan = await asyncio.to_thread(self.recovery.plan, owned)
+                await self.job.assign_key_groups(owned, plan)
+            logger.info("job restarted in-process key_groups=%s restarts=%d", sorted(owned),
+                        self.restarts)  # fmt: skip
+
+    async def stop_with_savepoint(self) -> CompletedCheckpoint:
+        """Take a savepoint, then stop the job (``run`` returns)."""
+        savepoint = await self.job.stop_with_savepoint()
+        self.state = "STOPPED"
+        return savepoint
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+    # ------------------------------------------------------------------ AssignmentListener
+    async def on_assigned(self, key_groups: frozenset[int]) -> None:
+        if self._stopping:
+            return
+        async with self._lock:
+            if not self._job_running:
+                return  # restarting: the new job takes source.assigned when it starts
+            try:
+                plan = await asyncio.to_thread(self.recovery.plan, key_groups)
+                await self.job.assign_key_groups(key_groups, plan)
+            except Exception as exc:  # aiokafka would only log it: fail the job instead
+                logger.exception("assigning key groups failed key_groups=%s", sorted(key_groups))
+                self.job.fail_job(exc)
+
+    async def on_revoked(self, key_groups: frozenset[int]) -> None:
+        if self._stopping:
+            return
+        async with self._lock:
+            if not self._job_running:
+                return  # restarting: nothing runs, nothing to hand over
+            await self.job.revoke_key_groups(key_groups)
+            try:
+                await asyncio.to_thread(self.sink.flush, self.config.revoke_flush_timeout_s)
+            except Exception as exc:
+                logger.warning("sink flush on revocation incomplete error=%r", exc)
+
+    # ------------------------------------------------------------------ introspection
+    def partition_count(self) -> int | None:
+        consumer = self.source._consumer
+        if consumer is None:
+            return None
+        parts = consumer.partitions_for_topic(self.config.source.topic)
+        return len(parts) if parts else None
+
+    def window_operators(self, key_group: int) -> list[TierWindowOperator]:
+        task = self.job.source_task(key_group)
+        return [op for op in task.chain.operators if isinstance(op, TierWindowOperator)]
+
+    def queryable_state(self, db: str, series_key: str) -> dict[str, Any]:
+        """The in-progress aggregates of one series (every window still held in state)."""
+        count = self.partition_count()
+        if count is None:
+            raise LookupError("the worker has no partition metadata yet")
+        kg = partition_for(series_key, count)
+        if kg not in self.job.key_groups:
+            raise LookupError(f"series is in partition {kg}, not owned by this worker")
+        tiers: dict[str, list[dict[str, Any]]] = {}
+        for op in self.window_operators(kg):
+            batch = op.current_aggregates(kg)
+            rows: list[dict[str, Any]] = []
+            if batch is not None:
+                for i, k in enumerate(batch.key_idx.tolist()):
+                    k_db, k_series, k_field = split_window_key(batch.keys[k])
+                    if k_db != db or k_series != series_key:
+                        continue
+                    n = int(batch.count[i])
+                    rows.append({
+                        "field": k_field, "window_start_ns": int(batch.window_start_ns[i]),
+                        "count": n, "sum": float(batch.sum[i]), "min": float(batch.min[i]),
+                        "max": float(batch.max[i]), "mean": float(batch.sum[i]) / n if n else None,
+                        "first": float(batch.first[i]), "last": float(batch.last[i]),
+                    })  # fmt: skip
+            tiers[op.tier.name] = rows
+        return {"db": db, "series_key": series_key, "key_group": kg, "tiers": tiers}

@@ -1,0 +1,451 @@
+"""The Kafka source: one consumer group for all workers, one reader per assigned partition.
+
+* **A partition is a key group** (design.md section 2): reader ``k`` reads partition ``k`` of
+  the topic; its position (next offset) is checkpointed operator state
+  (:func:`~metricsflow.sources.base.encode_offset`).
+* **Assignment comes from Kafka's group protocol.** The consumer subscribes with a
+  rebalance listener that forwards ownership changes to the job's
+  :class:`~metricsflow.sources.base.AssignmentListener` (restore + seek on assignment; stop,
+  drain and drop on revocation, awaited before the consumer re-joins the group).
+* **Kafka's committed offsets are for lag monitoring only**: a reader commits the position of
+  checkpoint *n* when *n* completes; resuming always uses the position in the checkpoint, or
+  the earliest offset when no checkpoint holds the partition. ``enable_auto_commit=False``.
+* **Micro-batches**: ``poll`` fetches what one ``getmany`` returns for its partition, decodes
+  every record with :func:`metricsflow.model.message.decode_record` and hands out, in order,
+  one :class:`RawLinesBatch` per database (the raw tier, lines unchanged) and then one
+  :class:`RecordBatch` (numeric samples, keys ``window_key(db, series, field)``). The position
+  advances past the fetched records only with that last element, so a barrier between the
+  elements of one fetch replays the raw lines (an idempotent overwrite) but never counts a
+  sample twice.
+* **Backpressure**: aiokafka fetches a partition again only after its previous fetch was
+  drained, so an unread reader holds at most ``max_partition_fetch_bytes`` in memory. While
+  the source's ``admission`` says no (the sink is saturated), a reader **pauses** its partition
+  (aiokafka drops the prefetched records and fetches nothing; the position is kept) and keeps
+  calling ``getmany``, so the consumer stays a live group member however long the outage; it
+  resumes the partition as soon as admission returns.
+* **Idleness** (:meth:`KafkaPartitionReader.watermark_status`): a reader is ``IDLE`` only when
+  a *fresh* fetch response (younger than ``idle_freshness_ms``) reported a high watermark at or
+  below its position: caught up, nothing to read. Paused by backpressure, not positioned yet,
+  records pending, lag, or no recent fetch response (broker unreachable: the reader cannot
+  know what is waiting) are all ``ACTIVE``: the watermark then waits for the data instead of
+  following the wall clock, so nothing that is merely delayed becomes late.
+* **Poison records** (anything :func:`decode_record` rejects) are counted, logged with
+  topic/partition/offset, produced to the dead-letter topic ``<topic>.dlq`` (value and key
+  unchanged, original headers plus ``mf-dlq-error``, ``mf-dlq-topic``, ``mf-dlq-partition``,
+  ``mf-dlq-offset``, ``mf-dlq-time-ns``) and skipped. Producing the dead letter is awaited
+  (and retried) before the reader moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from metricsflow.errors import ConfigurationError, SerializationError
+from metricsflow.model.message import decode_record
+from metricsflow.runtime.records import RawLinesBatch, RecordBatch, window_key
+from metricsflow.runtime.source import Source, SourceElement, SourceReader, WatermarkStatus
+from metricsflow.sources.base import AssignmentListener, SourceStats, decode_offset, encode_offset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSourceConfig:
+    """Settings of the Kafka source (the worker fills them from ``METRICSFLOW_KAFKA_*``)."""
+
+    bootstrap_servers: str
+    topic: str
+    group_id: str = "metricsflow"
+    dead_letter_topic: str = ""
+    """Empty = ``<topic>.dlq``."""
+    client_id: str = "metricsflow-worker"
+    max_records_per_fetch: int = 2_000
+    """Records per ``getmany`` per partition: the micro-batch size."""
+    max_partition_fetch_bytes: int = 4 * 1024 * 1024
+    fetch_max_wait_ms: int = 100
+    poll_timeout_ms: int = 50
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    max_poll_interval_ms: int = 300_000
+    rebalance_timeout_ms: int = 30_000
+    idle_freshness_ms: int = 2_000
+    """How recent the fetch response must be that shows a partition caught up for the reader
+    to report it idle (fetches of a caught-up partition return every ``fetch_max_wait_ms``)."""
+
+    def __post_init__(self) -> None:
+        if not self.topic:
+            raise ConfigurationError("the Kafka source needs a topic (METRICSFLOW_KAFKA_TOPIC)")
+        if self.max_records_per_fetch < 1:
+            raise ConfigurationError("max_records_per_fetch must be >= 1")
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.dead_letter_topic or f"{self.topic}.dlq"
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.source._on_revoked(frozenset(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self.source._on_assigned(frozenset(tp.partition for tp in assigned))
+
+
+class KafkaSource(Source):
+    """Owns the group consumer and the dead-letter producer; creates per-partition readers."""
+
+    def __init__(self, uid: str, config: KafkaSourceConfig) -> None:
+        super().__init__(uid)
+        self.config = config
+        self.stats = SourceStats()
+        self.listener: AssignmentListener | None = None
+        self.assigned: frozenset[int] = frozenset()
+        self.readers: dict[int, KafkaPartitionReader] = {}
+        self.admission: Callable[[], bool] | None = None
+        """While this returns ``False`` (e.g. the sink is saturated) readers fetch nothing:
+        backpressure that leaves the event loop free (heartbeats, checkpoints)."""
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, listener: AssignmentListener) -> None:
+        """Create the dead-letter topic if needed, start the producer, join the group."""
+        self.listener = listener
+        cfg = self.config
+        await self._ensure_dlq_topic()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=cfg.bootstrap_servers, acks="all", client_id=f"{cfg.client_id}-dlq"
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap_servers,
+            group_id=cfg.group_id,
+            client_id=cfg.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            max_poll_interval_ms=cfg.max_poll_interval_ms,
+            rebalance_timeout_ms=cfg.rebalance_timeout_ms,
+        )
+        self._consumer.subscribe(topics=[cfg.topic], listener=_Listener(self))
+        await self._consumer.start()
+        logger.info("kafka source started topic=%s group=%s", cfg.topic, cfg.group_id)
+
+    async def stop(self) -> None:
+        """Leave the group (partitions are revoked first, through the listener)."""
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def _ensure_dlq_topic(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap_servers)
+        await admin.start()
+        try:
+            topics = await admin.list_topics()
+            if self.config.dlq_topic not in topics:
+                await admin.create_topics(
+                    [NewTopic(name=self.config.dlq_topic, num_partitions=1, replication_factor=1)]
+                )
+                logger.info("created dead-letter topic topic=%s", self.config.dlq_topic)
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            await admin.close()
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the Kafka source is not started")
+        return self._consumer
+
+    # ------------------------------------------------------------------ group protocol
+    async def _on_assigned(self, key_groups: frozenset[int]) -> None:
+        new = key_groups - self.assigned
+        self.assigned = key_groups
+        self.stats.rebalances += 1
+        logger.info("partitions assigned topic=%s partitions=%s new=%s", self.config.topic,
+                    sorted(key_groups), sorted(new))  # fmt: skip
+        if new and self.listener is not None:
+            await self.listener.on_assigned(frozenset(new))
+
+    async def _on_revoked(self, key_groups: frozenset[int]) -> None:
+        logger.info("partitions revoked topic=%s partitions=%s", self.config.topic,
+                    sorted(key_groups))  # fmt: skip
+        # Eager rebalance protocol: everything is revoked, then (mostly) re-assigned. Keep the
+        # state of what comes back: revoke for real only what is not re-assigned. The listener
+        # cannot know yet, so it is told now and re-assignment restores from the checkpoint.
+        self.assigned = self.assigned - key_groups
+        if key_groups and self.listener is not None:
+            await self.listener.on_revoked(key_groups)
+        for kg in key_groups:
+            reader = self.readers.pop(kg, None)
+            if reader is not None:
+                reader.close()
+
+    # ------------------------------------------------------------------ readers
+    def create_reader(self, key_group: int) -> KafkaPartitionReader:
+        reader = KafkaPartitionReader(self, key_group)
+        self.readers[key_group] = reader
+        return reader
+
+    def lag(self) -> dict[int, int]:
+        """Consumer lag per assigned partition: high watermark minus the next offset to read
+        (only partitions with a known high watermark)."""
+        out: dict[int, int] = {}
+        consumer = self._consumer
+        if consumer is None:
+            return out
+        for kg, reader in self.readers.items():
+            try:
+                high = consumer.highwater(TopicPartition(self.config.topic, kg))
+            except Exception:  # not assigned any more
+                continue
+            if high is not None and reader.next_offset is not None:
+                out[kg] = max(0, int(high) - reader.next_offset)
+        return out
+
+    async def produce_dead_letter(self, record: Any, error: str) -> None:
+        """Send an undecodable record to the dead-letter topic; retried until it is acked."""
+        headers = list(record.headers or ())
+        headers += [
+            ("mf-dlq-error", error.encode("utf-8", "replace")[:4000]),
+            ("mf-dlq-topic", record.topic.encode()),
+            ("mf-dlq-partition", str(record.partition).encode()),
+            ("mf-dlq-offset", str(record.offset).encode()),
+            ("mf-dlq-time-ns", str(time.time_ns()).encode()),
+        ]
+        delay = 0.1
+        while True:
+            producer = self._producer
+            if producer is None:
+                raise RuntimeError("the Kafka source is stopped")
+            try:
+                await producer.send_and_wait(
+                    self.config.dlq_topic, value=record.value or b"", key=record.key,
+                    headers=headers,
+                )  # fmt: skip
+                return
+            except KafkaError as exc:
+                logger.warning("dead-letter produce failed, retrying topic=%s error=%r",
+                               self.config.dlq_topic, exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+class KafkaPartitionReader(SourceReader):
+    """Reads one partition of the source's consumer (see the module docstring)."""
+
+    def __init__(self, source: KafkaSource, key_group: int) -> None:
+        self.source = source
+        self.key_group = key_group
+        self.tp = TopicPartition(source.config.topic, key_group)
+        self.next_offset: int | None = None
+        self._seek_to: int | None = None
+        self._seek_pending = True
+        self._pending: deque[SourceElement] = deque()
+        self._pending_end_offset: int | None = None
+        self._checkpoint_offsets: dict[int, int] = {}
+        self._closed = False
+        self._paused = False
+        self._caught_up = False
+
+    def restore_position(self, position: bytes | None) -> None:
+        self._seek_to = None if position is None else decode_offset(position)
+        self._seek_pending = True
+        self._pending.clear()
+
+    async def _seek(self) -> None:
+        consumer = self.source.consumer
+        if self.tp in consumer.paused():  # a previous reader (before a restart) paused it
+            consumer.resume(self.tp)
+        if self._seek_to is None:
+            await consumer.seek_to_beginning(self.tp)
+        else:
+            consumer.seek(self.tp, self._seek_to)
+        self.next_offset = int(await consumer.position(self.tp))
+        self._seek_pending = False
+        logger.info("reader positioned topic=%s partition=%d offset=%d restored=%s",
+                    self.tp.topic, self.key_group, self.next_offset,
+                    self._seek_to is not None)  # fmt: skip
+
+    async def poll(self) -> SourceElement | None:
+        self._caught_up = False
+        if self._closed:
+            return None
+        if self._pending:
+            return self._take()
+        if self._seek_pending:
+            await self._seek()
+        consumer = self.source.consumer
+        cfg = self.source.config
+        admission = self.source.admission
+        if admission is not None and not admission():
+            if not self._paused:
+                consumer.pause(self.tp)
+                self._paused = True
+                logger.info("partition paused (backpressure) partition=%d", self.key_group)
+            # keep polling: the consumer stays a live member of the group (max.poll.interval)
+            await consumer.getmany(self.tp, timeout_ms=cfg.poll_timeout_ms, max_records=1)
+            return None
+        if self._paused:
+            consumer.resume(self.tp)
+            self._paused = False
+            logger.info("partition resumed partition=%d", self.key_group)
+        fetched = await consumer.getmany(
+            self.tp, timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_records_per_fetch
+        )
+        records = fetched.get(self.tp, [])
+        if self._closed:
+            return None
+        if not records:
+            self._caught_up = self._is_caught_up()
+            return None
+        await self._decode(records)
+        return self._take() if self._pending else None
+
+    def _is_caught_up(self) -> bool:
+        """A fresh fetch response says there is nothing beyond our position."""
+        consumer = self.source._consumer
+        if consumer is None or self._paused or self._pending or self.next_offset is None:
+            return False
+        try:
+            high = consumer.highwater(self.tp)
+            fetched_ms = consumer.last_poll_timestamp(self.tp)
+        except Exception:  # not assigned any more
+            return False
+        if high is None or fetched_ms is None:
+            return False
+        fresh = time.time() * 1000 - fetched_ms <= self.source.config.idle_freshness_ms
+        return fresh and int(high) <= self.next_offset
+
+    def watermark_status(self) -> WatermarkStatus:
+        """``IDLE`` only right after a poll that found the partition caught up (module
+        docstring); anything else (backpressure, lag, an unreachable broker) is ``ACTIVE``."""
+        return WatermarkStatus.IDLE if self._caught_up else WatermarkStatus.ACTIVE
+
+    def _take(self) -> SourceElement:
+        element = self._pending.popleft()
+        if not self._pending and self._pending_end_offset is not None:
+            self.next_offset = self._pending_end_offset
+            self._pending_end_offset = None
+        return element
+
+    async def _decode(self, records: Sequence[Any]) -> None:
+        stats = self.source.stats
+        raw_by_db: dict[str, tuple[list[bytes], int]] = {}
+        key_index: dict[str, int] = {}
+        keys: list[str] = []
+        idx_parts: list[np.ndarray[Any, np.dtype[np.int32]]] = []
+        ts_parts: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+        val_parts: list[np.ndarray[Any, np.dtype[np.float64]]] = []
+        for record in records:
+            stats.records_in += 1
+            value = record.value
+            stats.bytes_in += len(value or b"")
+            try:
+                if value is None:
+                    raise SerializationError("record has no value (tombstone)")
+                chunk = decode_record(value, record.headers)
+            except SerializationError as exc:
+                stats.dead_letters += 1
+                logger.error(
+                    "undecodable record sent to the dead-letter topic topic=%s partition=%d "
+                    "offset=%d dlq=%s error=%s",
+                    record.topic, record.partition, record.offset, self.source.config.dlq_topic,
+                    exc,
+                )  # fmt: skip
+                await self.source.produce_dead_letter(record, str(exc))
+                continue
+            cols = chunk.columns
+            stats.points_in += cols.point_count
+            lines, count = raw_by_db.get(chunk.db, ([], 0))
+            lines.append(cols.raw)
+            raw_by_db[chunk.db] = (lines, count + cols.point_count)
+            n = len(cols)
+            if n == 0:
+                continue
+            stats.samples_in += n
+            n_fields = len(cols.field_keys)
+            local = cols.series_idx.astype(np.int64) * n_fields + cols.field_idx
+            uniq, inverse = np.unique(local, return_inverse=True)
+            mapping = np.empty(len(uniq), dtype=np.int32)
+            for j, code in enumerate(uniq.tolist()):
+                key = window_key(chunk.db, cols.series_keys[code // n_fields],
+                                 cols.field_keys[code % n_fields])  # fmt: skip
+                gi = key_index.get(key)
+                if gi is None:
+                    gi = key_index[key] = len(keys)
+                    keys.append(key)
+                mapping[j] = gi
+            idx_parts.append(mapping[inverse.reshape(-1)])
+            ts_parts.append(cols.time_ns)
+            val_parts.append(cols.values)
+        for db, (lines, count) in raw_by_db.items():
+            self._pending.append(RawLinesBatch(self.key_group, db, b"\n".join(lines), count))
+        if idx_parts:
+            self._pending.append(
+                RecordBatch(
+                    key_group=self.key_group,
+                    keys=tuple(keys),
+                    key_idx=np.concatenate(idx_parts).astype(np.int32, copy=False),
+                    ts_ns=np.concatenate(ts_parts),
+                    values=np.concatenate(val_parts),
+                )
+            )
+        end = int(records[-1].offset) + 1
+        if self._pending:
+            self._pending_end_offset = end
+        else:
+            self.next_offset = end
+
+    def snapshot_position(self, checkpoint_id: int) -> bytes:
+        # Not positioned yet: the restored offset, or 0, which the consumer resolves to the
+        # earliest offset still in the log (auto_offset_reset="earliest"), like a fresh start.
+        offset = self.next_offset if self.next_offset is not None else (self._seek_to or 0)
+        self._checkpoint_offsets[checkpoint_id] = offset
+        return encode_offset(offset)
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        offset = self._checkpoint_offsets.get(checkpoint_id)
+        for cid in [c for c in self._checkpoint_offsets if c <= checkpoint_id]:
+            del self._checkpoint_offsets[cid]
+        if offset is None or self._closed:
+            return
+        asyncio.get_running_loop().create_task(self._commit(offset))
+
+    async def _commit(self, offset: int) -> None:
+        """Commit for lag monitoring only; failures (e.g. after a rebalance) are harmless."""
+        consumer = self.source._consumer
+        if consumer is None:
+            return
+        try:
+            await consumer.commit({self.tp: offset})
+            self.source.stats.commits += 1
+        except Exception as exc:
+            self.source.stats.commit_failures += 1
+            logger.info("offset commit failed (lag metric only) partition=%d offset=%d error=%r",
+                        self.key_group, offset, exc)  # fmt: skip
+
+    def close(self) -> None:
+        self._closed = True
+        self._pending.clear()
