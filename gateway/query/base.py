@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metricsflow.errors import MetricsflowError
 from metricsflow.windows.base import DEFAULT_TIERS, RAW_TIER, TierSpec, validate_tiers
 
 #: Response header naming the tier that answered (comma-separated, one per statement).
@@ -25,7 +26,7 @@ REWRITABLE_AGGREGATES: frozenset[str] = frozenset(
 )
 
 
-class InfluxQLSyntaxError(ValueError):
+class InfluxQLSyntaxError(MetricsflowError, ValueError):
     """The text is not InfluxQL the parser understands (the query then goes to InfluxDB as-is,
     which reports its own error if the text really is invalid)."""
 
@@ -34,7 +35,7 @@ class InfluxQLSyntaxError(ValueError):
         self.position = position
 
 
-class Unrewritable(Exception):
+class UnrewritableQueryError(MetricsflowError):
     """A statement that parsed but cannot be answered exactly from a tier; ``reason`` says why.
     Such statements go to the raw tier unchanged."""
 

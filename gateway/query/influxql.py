@@ -6,8 +6,8 @@ variables): ``SELECT <calls and expressions> [AS alias] FROM [db.][rp.]measureme
 [LIMIT/OFFSET/SLIMIT/SOFFSET n] [tz('...')]``, with quoted identifiers (``"1m"``), string
 literals, regexes (``=~ /^a$/``), durations (``6h``, ``1700000000000ms``, ``1h30m``), ``now()``
 and type hints (``"host"::tag``). Anything else raises :class:`InfluxQLSyntaxError` (bad text)
-or :class:`Unrewritable` (valid InfluxQL outside the subset: ``SHOW``, subqueries, ``INTO``);
-the router then sends the statement to InfluxDB unchanged.
+or :class:`UnrewritableQueryError` (valid InfluxQL outside the subset: ``SHOW``, subqueries,
+``INTO``); the router then sends the statement to InfluxDB unchanged.
 
 :func:`render` turns an AST back into canonical InfluxQL; ``parse_select(render(s)) == s``.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.query.base import InfluxQLSyntaxError, Unrewritable
+from gateway.query.base import InfluxQLSyntaxError, UnrewritableQueryError
 from gateway.query.syntax import (  # noqa: F401 - re-exported
     BARE_IDENT,
     KEYWORDS,
@@ -285,14 +285,14 @@ class Parser:
     def select_statement(self) -> SelectStatement:
         first = self.peek()
         if first.kind == "IDENT" and first.text.upper() != "SELECT":
-            raise Unrewritable(f"{first.text.upper()} statements are not rewritten")
+            raise UnrewritableQueryError(f"{first.text.upper()} statements are not rewritten")
         self.expect_keyword("SELECT")
         fields = [self.field()]
         while self.peek().kind == "COMMA":
             self.next()
             fields.append(self.field())
         if self.peek().is_keyword("INTO"):
-            raise Unrewritable("SELECT ... INTO is not rewritten")
+            raise UnrewritableQueryError("SELECT ... INTO is not rewritten")
         self.expect_keyword("FROM")
         sources = [self.source()]
         while self.peek().kind == "COMMA":
@@ -351,7 +351,7 @@ class Parser:
 
     def source(self) -> Measurement:
         if self.peek(regex=True).kind == "LPAREN":
-            raise Unrewritable("subqueries are not rewritten")
+            raise UnrewritableQueryError("subqueries are not rewritten")
         segments: list[str | None] = []
         while True:
             token = self.peek(regex=True)
@@ -454,7 +454,7 @@ class Parser:
         kind = token.kind
         if kind == "LPAREN":
             if self.peek().is_keyword("SELECT"):
-                raise Unrewritable("subqueries are not rewritten")
+                raise UnrewritableQueryError("subqueries are not rewritten")
             inner = self.expr()
             self.expect("RPAREN")
             return ParenExpr(inner)

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.query.base import REWRITABLE_AGGREGATES, Unrewritable
+from gateway.query.base import REWRITABLE_AGGREGATES, UnrewritableQueryError
 from gateway.query.syntax import (
     BinaryExpr,
     Call,
@@ -146,7 +146,7 @@ def parse_time_string(text: str) -> int:
         text = text + "T00:00:00Z"
     match = _RFC3339.match(text)
     if match is None:
-        raise Unrewritable(f"unsupported time literal {text!r}")
+        raise UnrewritableQueryError(f"unsupported time literal {text!r}")
     date, clock, fraction, zone = match.groups()
     offset = "+00:00" if zone in (None, "Z") else zone
     moment = datetime.fromisoformat(f"{date}T{clock}{offset}").astimezone(UTC)
@@ -171,7 +171,7 @@ def evaluate_time(expr: Expr, now_ns: int) -> int:
             return evaluate_time(lhs, now_ns) + evaluate_time(rhs, now_ns)
         case BinaryExpr("-", lhs, rhs):
             return evaluate_time(lhs, now_ns) - evaluate_time(rhs, now_ns)
-    raise Unrewritable(f"unsupported time expression {expr!r}")
+    raise UnrewritableQueryError(f"unsupported time expression {expr!r}")
 
 
 def _conjuncts(expr: Expr) -> list[Expr]:
@@ -213,13 +213,13 @@ def split_condition(
             rest.append(term)
             continue
         if not isinstance(term, BinaryExpr) or term.op not in _TIME_OPS:
-            raise Unrewritable("time may only be bounded with >=, >, <=, < joined by AND")
+            raise UnrewritableQueryError("time may only be bounded with >=, >, <=, < joined by AND")
         if _is_time(term.lhs):
             op, value = term.op, evaluate_time(term.rhs, now_ns)
         elif _is_time(term.rhs):
             op, value = _FLIP[term.op], evaluate_time(term.lhs, now_ns)
         else:
-            raise Unrewritable("time must be compared with a time value")
+            raise UnrewritableQueryError("time must be compared with a time value")
         if op in (">=", ">"):
             bound = value if op == ">=" else value + 1
             start = bound if start is None else max(start, bound)
@@ -242,29 +242,31 @@ def analyze(
     stmt: SelectStatement, now_ns: int, rp_param: str | None = None, raw_tier: str = RAW_TIER
 ) -> Analysis:
     """Check ``stmt`` is rewritable and extract what the plan needs; raise
-    :class:`Unrewritable` with the reason otherwise."""
+    :class:`UnrewritableQueryError` with the reason otherwise."""
     if stmt.order_desc or stmt.limit or stmt.offset or stmt.slimit or stmt.soffset:
-        raise Unrewritable("ORDER BY time DESC, LIMIT and OFFSET are not rewritten")
+        raise UnrewritableQueryError("ORDER BY time DESC, LIMIT and OFFSET are not rewritten")
     if stmt.tz is not None:
-        raise Unrewritable("tz() is not rewritten")
+        raise UnrewritableQueryError("tz() is not rewritten")
     if len(stmt.sources) != 1 or stmt.sources[0].regex is not None:
-        raise Unrewritable("only a single named measurement is rewritten")
+        raise UnrewritableQueryError("only a single named measurement is rewritten")
     source = stmt.sources[0]
     rp = source.retention_policy if source.retention_policy is not None else rp_param
     if rp not in (None, "", raw_tier):
-        raise Unrewritable(f"the query names retention policy {rp!r}, not the raw tier")
+        raise UnrewritableQueryError(f"the query names retention policy {rp!r}, not the raw tier")
 
     names = column_names(stmt.fields)
     columns: list[OutputColumn] = []
     for name, f in zip(names, stmt.fields, strict=True):
         expr = f.expr
         if not (isinstance(expr, Call) and expr.name in REWRITABLE_AGGREGATES):
-            raise Unrewritable("only count, sum, min, max, mean, first, last are rewritten")
+            raise UnrewritableQueryError(
+                "only count, sum, min, max, mean, first, last are rewritten"
+            )
         if len(expr.args) != 1 or not isinstance(expr.args[0], VarRef):
-            raise Unrewritable(f"{expr.name}() must take exactly one field")
+            raise UnrewritableQueryError(f"{expr.name}() must take exactly one field")
         arg = expr.args[0]
         if arg.type_hint not in (None, "field") or arg.name.lower() == "time":
-            raise Unrewritable(f"{expr.name}() over a tag or time is not rewritten")
+            raise UnrewritableQueryError(f"{expr.name}() over a tag or time is not rewritten")
         columns.append(OutputColumn(name, expr.name, arg.name))
     components: list[tuple[str, str]] = []
     for col in columns:
@@ -274,29 +276,29 @@ def analyze(
 
     time_dims = [d for d in stmt.dimensions if isinstance(d, TimeDimension)]
     if len(time_dims) != 1:
-        raise Unrewritable("only GROUP BY time(<interval>) queries are rewritten")
+        raise UnrewritableQueryError("only GROUP BY time(<interval>) queries are rewritten")
     time_dim = time_dims[0]
     if not isinstance(time_dim.interval, DurationLit) or time_dim.interval.ns <= 0:
-        raise Unrewritable("GROUP BY time() needs a positive duration")
+        raise UnrewritableQueryError("GROUP BY time() needs a positive duration")
     if time_dim.offset is not None and evaluate_time(time_dim.offset, now_ns) != 0:
-        raise Unrewritable("GROUP BY time() offsets are not rewritten")
+        raise UnrewritableQueryError("GROUP BY time() offsets are not rewritten")
     tag_dims = tuple(d for d in stmt.dimensions if not isinstance(d, TimeDimension))
     if any(isinstance(d, TagDimension) and d.name.lower() == "time" for d in tag_dims):
-        raise Unrewritable("GROUP BY time without an interval")
+        raise UnrewritableQueryError("GROUP BY time without an interval")
 
     start, end, condition = split_condition(stmt.condition, now_ns)
     if start is None:
-        raise Unrewritable("no lower time bound")
+        raise UnrewritableQueryError("no lower time bound")
     if end is None:
         end = now_ns + 1  # InfluxDB bounds GROUP BY time() queries by now()
     interval = time_dim.interval.ns
     if end <= start:
-        raise Unrewritable("empty time range")
+        raise UnrewritableQueryError("empty time range")
     if (end - 1) // interval - start // interval + 1 > MAX_BUCKETS:
-        raise Unrewritable(f"more than {MAX_BUCKETS} buckets")
+        raise UnrewritableQueryError(f"more than {MAX_BUCKETS} buckets")
     identifiers = _identifiers(condition) if condition is not None else set()
     if any(v.type_hint not in (None, "tag") for v in identifiers):
-        raise Unrewritable("conditions on fields are not rewritten")
+        raise UnrewritableQueryError("conditions on fields are not rewritten")
     return Analysis(
         statement=stmt,
         source=source,
@@ -319,7 +321,7 @@ def check_tag_keys(analysis: Analysis, tag_keys: frozenset[str]) -> None:
     so across series the earliest point of a window is unknown)."""
     unknown = analysis.condition_identifiers - tag_keys
     if unknown:
-        raise Unrewritable(f"condition names {sorted(unknown)} which are not tags")
+        raise UnrewritableQueryError(f"condition names {sorted(unknown)} which are not tags")
     if not analysis.needs_single_series_groups:
         return
     grouped: set[str] = set()
@@ -331,7 +333,7 @@ def check_tag_keys(analysis: Analysis, tag_keys: frozenset[str]) -> None:
         elif isinstance(dim, RegexDimension):
             grouped.update(k for k in tag_keys if re.search(dim.pattern, k))
     if not tag_keys <= grouped:
-        raise Unrewritable("first/last are rewritten only when grouped by every tag")
+        raise UnrewritableQueryError("first/last are rewritten only when grouped by every tag")
 
 
 def choose_tier(

@@ -36,7 +36,7 @@ from gateway.query.base import (
     InfluxQLSyntaxError,
     QuerySettings,
     Series,
-    Unrewritable,
+    UnrewritableQueryError,
     series_from_json,
 )
 from gateway.query.influxql import parse_select, split_statements
@@ -50,6 +50,7 @@ from gateway.query.rewrite import (
     choose_tier,
 )
 from gateway.query.syntax import Measurement, render_measurement
+from metricsflow.errors import MetricsflowError
 from metricsflow.windows.base import RAW_TIER
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ _PASS_PARAMS = ("db", "rp", "u", "p")
 _FORM = "application/x-www-form-urlencoded"
 
 
-class InfluxDBQueryError(Exception):
+class InfluxDBQueryError(MetricsflowError):
     """InfluxDB refused or failed one of our statements."""
 
 
@@ -152,13 +153,13 @@ class QueryService:
             analysis = analyze(parse_select(text), now_ns, params.get("rp"), RAW_TIER)
             tier = choose_tier(analysis, self.tiers, now_ns, self.lag_ns)
             if tier is None:
-                raise Unrewritable("no tier divides the interval and covers the range")
+                raise UnrewritableQueryError("no tier divides the interval and covers the range")
             try:
                 keys = await self.tag_keys(analysis.source, params, headers)
             except (InfluxDBQueryError, httpx.HTTPError) as exc:
-                raise Unrewritable(f"could not read the tag keys: {exc}") from exc
+                raise UnrewritableQueryError(f"could not read the tag keys: {exc}") from exc
             check_tag_keys(analysis, keys)
-        except (Unrewritable, InfluxQLSyntaxError) as exc:
+        except (UnrewritableQueryError, InfluxQLSyntaxError) as exc:
             logger.debug("query to raw tier reason=%s statement=%r", exc, text)
             return None
         parts = build_parts(analysis, tier, now_ns, self.lag_ns)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.query.base import InfluxQLSyntaxError, Unrewritable
+from gateway.query.base import InfluxQLSyntaxError, UnrewritableQueryError
 from gateway.query.influxql import parse_select, split_statements
 from gateway.query.rewrite import analyze, column_names, evaluate_time, parse_time_string
 from gateway.query.syntax import (
@@ -89,7 +89,7 @@ def test_statements_split_on_semicolons_outside_quotes_and_regexes() -> None:
      "DROP DATABASE x"],
 )  # fmt: skip
 def test_valid_influxql_outside_the_subset_is_unrewritable(text: str) -> None:
-    with pytest.raises(Unrewritable):
+    with pytest.raises(UnrewritableQueryError):
         parse_select(text)
 
 
@@ -169,7 +169,7 @@ def test_any_statement_of_the_subset_survives_render_and_parse(stmt: SelectState
 def test_arbitrary_text_is_parsed_or_refused_cleanly(text: str) -> None:
     try:
         stmt = parse_select(text)
-    except (InfluxQLSyntaxError, Unrewritable):
+    except (InfluxQLSyntaxError, UnrewritableQueryError):
         return
     assert parse_select(render(stmt)) == stmt
 
@@ -235,5 +235,5 @@ def test_the_analysis_turns_bounds_into_a_half_open_range() -> None:
     ],
 )
 def test_statements_a_tier_cannot_answer_exactly_are_unrewritable(text: str) -> None:
-    with pytest.raises(Unrewritable):
+    with pytest.raises(UnrewritableQueryError):
         analyze(parse_select(text), NOW)
