@@ -106,6 +106,11 @@ def _read_quoted(text: str, pos: int, quote: str) -> tuple[str, int]:
     raise InfluxQLSyntaxError("unterminated quoted text", pos)
 
 
+def _is_digit(ch: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts '²' and other digits ``int`` refuses."""
+    return "0" <= ch <= "9"
+
+
 def _read_regex(text: str, pos: int) -> tuple[str, int]:
     out: list[str] = []
     i = pos + 1
@@ -158,7 +163,7 @@ class Lexer:
         if ch == "'":
             value, self.pos = _read_quoted(text, start, "'")
             return Token("STRING", text[start : self.pos], start, value)
-        if ch.isdigit() or (ch == "." and start + 1 < len(text) and text[start + 1].isdigit()):
+        if _is_digit(ch) or (ch == "." and start + 1 < len(text) and _is_digit(text[start + 1])):
             return self._scan_number(start)
         match = BARE_IDENT.match(text, start)
         if match:
@@ -181,11 +186,11 @@ class Lexer:
     def _scan_number(self, start: int) -> Token:
         text = self.text
         i = start
-        while i < len(text) and text[i].isdigit():
+        while i < len(text) and _is_digit(text[i]):
             i += 1
         if i < len(text) and text[i] == ".":
             i += 1
-            while i < len(text) and text[i].isdigit():
+            while i < len(text) and _is_digit(text[i]):
                 i += 1
             self.pos = i
             return Token("NUMBER", text[start:i], start, float(text[start:i]))
@@ -202,7 +207,7 @@ class Lexer:
             total += int(text[pos:digits_end]) * NS_PER_UNIT[unit]
             saw_unit, pos = True, after
             k = after
-            while k < len(text) and text[k].isdigit():
+            while k < len(text) and _is_digit(text[k]):
                 k += 1
             if k == after:
                 break

@@ -191,7 +191,16 @@ def quote_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
+def regex_is_expressible(pattern: str) -> bool:
+    """Whether InfluxQL's ``/.../`` syntax can carry ``pattern``: not when it ends in an
+    unpaired backslash, which would escape the closing slash (and is no valid regex anyway)."""
+    trailing = len(pattern) - len(pattern.rstrip("\\"))
+    return trailing % 2 == 0
+
+
 def render_regex(pattern: str) -> str:
+    if not regex_is_expressible(pattern):
+        raise ValueError(f"regex {pattern!r} ends in an unpaired backslash: not expressible")
     out: list[str] = []
     i = 0
     while i < len(pattern):

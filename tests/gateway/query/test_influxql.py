@@ -28,7 +28,9 @@ from gateway.query.syntax import (
     TimeDimension,
     VarRef,
     WildcardDimension,
+    regex_is_expressible,
     render,
+    render_regex,
 )
 
 GRAFANA_QUERIES = [
@@ -120,11 +122,16 @@ leaves: st.SearchStrategy[Expr] = st.one_of(
 )
 
 
+def regex_patterns(max_size: int) -> st.SearchStrategy[str]:
+    """Patterns the ``/.../`` syntax can carry (no unpaired trailing backslash)."""
+    return st.text(min_size=1, max_size=max_size).filter(regex_is_expressible)
+
+
 def _binary(children: st.SearchStrategy[Expr]) -> st.SearchStrategy[Expr]:
     wrapped = children.map(lambda e: ParenExpr(e) if isinstance(e, BinaryExpr) else e)
     ops = st.sampled_from(["AND", "OR", "=", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/"])
     regex = st.builds(BinaryExpr, st.sampled_from(["=~", "!~"]), wrapped,
-                      st.builds(RegexLit, st.text(min_size=1, max_size=6)))  # fmt: skip
+                      st.builds(RegexLit, regex_patterns(6)))  # fmt: skip
     return st.one_of(st.builds(BinaryExpr, ops, wrapped, wrapped), regex)
 
 
@@ -146,7 +153,7 @@ statements = st.builds(
         st.one_of(
             st.builds(TagDimension, names),
             st.just(WildcardDimension()),
-            st.builds(RegexDimension, st.text(min_size=1, max_size=5)),
+            st.builds(RegexDimension, regex_patterns(5)),
             st.builds(TimeDimension, st.builds(DurationLit, st.integers(1, 10**13))),
         ),
         max_size=3,
@@ -237,3 +244,15 @@ def test_the_analysis_turns_bounds_into_a_half_open_range() -> None:
 def test_statements_a_tier_cannot_answer_exactly_are_unrewritable(text: str) -> None:
     with pytest.raises(UnrewritableQueryError):
         analyze(parse_select(text), NOW)
+
+
+def test_a_non_ascii_digit_is_a_syntax_error_not_a_crash() -> None:
+    with pytest.raises(InfluxQLSyntaxError):
+        parse_select('SELECT count("v") FROM "m" LIMIT ²')
+
+
+def test_a_regex_ending_in_an_unpaired_backslash_cannot_be_rendered() -> None:
+    assert not regex_is_expressible("a\\")
+    assert regex_is_expressible("a\\\\")
+    with pytest.raises(ValueError, match="unpaired backslash"):
+        render_regex("a\\")
