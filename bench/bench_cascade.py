@@ -23,6 +23,7 @@ import json
 import math
 import platform
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -34,11 +35,13 @@ from typing import Any
 import numpy as np
 
 from metricsflow.checkpointing.storage import FsCheckpointStorage
+from metricsflow.model.columnar import ColumnarChunk
 from metricsflow.runtime.base import Operator, OperatorContext, Output, StateInitializationContext
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import KeyedStateBackend
 from metricsflow.time import WatermarkAssigner, WatermarkStrategy
 from metricsflow.windows import DEFAULT_TIERS, build_cascade
+from metricsflow.windows.keys import WindowKeyIndex
 
 S = 1_000_000_000
 INTERVAL_NS = 10 * S
@@ -52,6 +55,10 @@ RESULTS = Path(__file__).parent / "results" / "cascade.json"
 class Workload:
     batches: list[RecordBatch]
     points: int
+    sources: dict[int, WindowKeyIndex] | None = None
+    """``keys="source"``: per key group the Kafka source's key index; each batch's ``keys`` and
+    ``key_idx`` are then made inside the timed run from a decoded chunk (stable series ids)."""
+    chunks: list[ColumnarChunk] | None = None
 
 
 def make_workload(
@@ -62,10 +69,14 @@ def make_workload(
     ooo: float,
     dup: float,
     seed: int,
-    stable_keys: bool = False,
+    keys_arg: str = "fresh",
 ) -> Workload:
-    """``stable_keys``: the source keeps one append-only key dictionary per key group and hands
-    over the same tuple every time; else every batch brings fresh key strings (a decoder)."""
+    """``keys_arg``: ``"fresh"`` - every batch brings a new tuple of fresh key strings (what the
+    Kafka source did before it kept a key dictionary); ``"stable"`` - the same tuple object
+    for every batch of a key group; ``"source"`` - what the Kafka source does now: records
+    decoded with a per-partition ``KeyInterner`` (stable series/field ids), mapped to window
+    key ids by a per-partition ``WindowKeyIndex`` (inside the timed run), ``keys`` = its
+    growing ``KeyTuple``."""
     rng = np.random.default_rng(seed)
     t0 = 1_700_006_400 * S  # a day boundary (UTC)
     per_kg = [np.arange(kg, series, key_groups) for kg in range(key_groups)]
@@ -78,13 +89,15 @@ def make_workload(
     batches: list[RecordBatch] = []
     carry: dict[int, tuple[Any, Any, Any]] = {}
     dictionaries: dict[int, tuple[str, ...]] = {}
+    keys_mode: str = keys_arg
     for first in range(0, ticks, ticks_per_batch):
         for kg, ids in enumerate(per_kg):
             n_ticks = min(ticks_per_batch, ticks - first)
             local = np.tile(np.arange(len(ids), dtype=np.int32), n_ticks)
             tick = np.repeat(np.arange(first, first + n_ticks), len(ids))
             ts = t0 + tick * INTERVAL_NS + phase[ids][local]
-            values = rng.normal(50.0, 20.0, ts.shape[0])
+            values: Any = rng.normal(50.0, 20.0, ts.shape[0])
+            keys: tuple[str, ...]
             if kg in carry:  # points delayed from the previous batch: out of order
                 cl, ct, cv = carry.pop(kg)
                 local, ts, values = (
@@ -99,7 +112,9 @@ def make_workload(
             ts = np.concatenate((ts, ts[again]))
             values = np.concatenate((values, values[again]))
             # a decoder makes fresh strings for every fetch (their hashes are not cached)
-            if stable_keys:
+            if keys_mode == "source":
+                keys = ()
+            elif keys_mode == "stable":
                 keys = dictionaries.setdefault(kg, tuple(names[i] for i in ids.tolist()))
             else:
                 keys = tuple((names[i] + "!")[:-1] for i in ids.tolist())
@@ -107,9 +122,36 @@ def make_workload(
                 RecordBatch(kg, keys, local.astype(np.int32), ts.astype(np.int64), values)
             )
     for kg, (cl, ct, cv) in carry.items():
-        keys = dictionaries.get(kg) or tuple((names[i] + "!")[:-1] for i in per_kg[kg].tolist())
+        if keys_mode == "source":
+            keys = ()
+        else:
+            keys = dictionaries.get(kg) or tuple((names[i] + "!")[:-1] for i in per_kg[kg].tolist())
         batches.append(RecordBatch(kg, keys, cl.astype(np.int32), ct.astype(np.int64), cv))
-    return Workload(batches, sum(len(b) for b in batches))
+    workload = Workload(batches, sum(len(b) for b in batches))
+    if keys_mode == "source":
+        # decoded with one KeyInterner per partition: series id = position in the interner
+        workload.sources = {kg: WindowKeyIndex() for kg in range(key_groups)}
+        for kg, index in workload.sources.items():
+            index.interner.series_keys.extend(
+                (names[i].split("\x00")[1] + "!")[:-1] for i in per_kg[kg].tolist()
+            )
+            index.interner.field_keys.append("usage_user")
+        workload.chunks = [
+            ColumnarChunk(
+                workload.sources[b.key_group].interner.series_keys,
+                workload.sources[b.key_group].interner.field_keys,
+                b.key_idx,
+                np.zeros(len(b), dtype=np.int32),
+                b.ts_ns,
+                b.values,
+                np.zeros(len(b), dtype=np.uint8),
+                len(b),
+                0,
+                b"",
+            )
+            for b in batches
+        ]
+    return workload
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -166,8 +208,17 @@ def run_engine(
     head: Output = Link(tiers[0], outs[0])
     outs.insert(0, head)
     started = time.perf_counter()
-    for batch in workload.batches:
-        assigner.process_batch(batch, head)
+    if workload.sources is not None and workload.chunks is not None:
+        sources = workload.sources
+        for batch, chunk in zip(workload.batches, workload.chunks, strict=True):
+            index = sources[batch.key_group]  # what KafkaPartitionReader._decode does
+            ids = index.ids("telegraf", chunk)
+            assigner.process_batch(
+                RecordBatch(batch.key_group, index.keys, ids, chunk.time_ns, chunk.values), head
+            )
+    else:
+        for batch in workload.batches:
+            assigner.process_batch(batch, head)
     for op, out in zip(tiers, outs[1:], strict=True):
         op.finish(out)
     elapsed = time.perf_counter() - started
@@ -277,6 +328,7 @@ class RecordAtATimeCascade:
 
 
 def run_baseline(workload: Workload) -> tuple[float, RecordAtATimeCascade]:
+    assert workload.sources is None, "the baseline takes fresh or stable keys"
     windows = [t.window_ns for t in DEFAULT_TIERS[1:]]
     records = [
         (
@@ -366,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dup", type=float, default=0.001, help="fraction re-sent")
     parser.add_argument("--backends", default="heap,rocksdb")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--keys", default="source,fresh,stable", help="key modes to run (see make_workload)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="engine runs per contender")
     parser.add_argument("--quick", action="store_true", help="10k series, 5 minutes")
     parser.add_argument("--profile", action="store_true", help="cProfile the heap engine run")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -373,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.series, args.minutes = 10_000, 5
 
-    def workload_for(stable_keys: bool = False) -> Workload:
+    def workload_for(keys: str = "fresh") -> Workload:
         """A fresh copy per run: no run profits from string hashes another one computed."""
         return make_workload(
             args.series,
@@ -383,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             args.ooo,
             args.dup,
             args.seed,
-            stable_keys,
+            keys,
         )
 
     workload = workload_for()
@@ -396,51 +452,71 @@ def main(argv: list[str] | None = None) -> int:
         {
             "implementation": "record-at-a-time (pure Python dicts)",
             "backend": "-",
+            "keys": "-",
             "seconds": round(base_s, 3),
             "points_per_s": round(base_rate),
             "speedup": 1.0,
         }
     ]
+    labels = {
+        "source": "Kafka source key index (growing KeyTuple)",
+        "fresh": "fresh key strings per batch (old source)",
+        "stable": "same key tuple every batch",
+    }
+    modes = args.keys.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-cascade-") as root:
-        runs = [
-            (name, make, False) for name, make in backends(args.backends.split(","), root).items()
-        ]
-        if "heap" in args.backends.split(","):
-            from metricsflow.state.heap import HeapKeyedStateBackend
-
-            runs.append(("heap", HeapKeyedStateBackend, True))
-        for name, make, stable_keys in runs:
-            workload = workload_for(stable_keys)
-            try:
-                profile = args.profile and name == "heap" and not stable_keys
-                if profile:
-                    profiler = cProfile.Profile()
-                    profiler.enable()
-                elapsed, taps = run_engine(workload, make, f"{root}/chk-{name}-{stable_keys}")
-                if profile:
-                    profiler.disable()
-                    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-            except Exception as exc:  # a backend still under construction must not hide the rest
-                print(f"{name}: failed: {exc!r}", file=sys.stderr)
-                continue
-            check_equal(taps, baseline)
-            rate = workload.points / elapsed
-            del taps, workload
+        makers = backends(args.backends.split(","), root)
+        runs = [(name, make, mode) for mode in modes for name, make in makers.items()]
+        runs = [r for r in runs if r[0] == "heap" or r[2] == "source"]  # rocksdb: realistic only
+        timings: dict[tuple[str, str], list[float]] = {}
+        for rep in range(args.repeat):  # interleaved, so that load changes hit every contender
+            for name, make, mode in runs:
+                workload = workload_for(mode)
+                try:
+                    profile = args.profile and name == "heap" and mode == modes[0] and rep == 0
+                    if profile:
+                        profiler = cProfile.Profile()
+                        profiler.enable()
+                    elapsed, taps = run_engine(workload, make, f"{root}/chk-{name}-{mode}-{rep}")
+                    if profile:
+                        profiler.disable()
+                        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+                except Exception as exc:  # a backend under construction must not hide the rest
+                    print(f"{name}: failed: {exc!r}", file=sys.stderr)
+                    continue
+                check_equal(taps, baseline)
+                del taps, workload
+                timings.setdefault((name, mode), []).append(elapsed)
+                print(
+                    f"  {name:8} {labels[mode]:44} {points / elapsed:12,.0f} points/s", flush=True
+                )
+        for (name, mode), times in timings.items():
+            elapsed = statistics.median(times)
+            rate = points / elapsed
             rows.append(
                 {
-                    "implementation": "metricsflow TierWindowOperator"
-                    + (", stable key tuple" if stable_keys else ""),
+                    "implementation": "metricsflow TierWindowOperator",
                     "backend": name,
+                    "keys": labels[mode],
                     "seconds": round(elapsed, 3),
                     "points_per_s": round(rate),
                     "speedup": round(rate / base_rate, 1),
+                    "runs_points_per_s": [round(points / t) for t in times],
+                    "speedup_range": [
+                        round(points / max(times) / base_rate, 1),
+                        round(points / min(times) / base_rate, 1),
+                    ],
                 }
             )
-    print(f"\n{'implementation':52} {'backend':8} {'seconds':>8} {'points/s':>12} {'x':>6}")
+    print(
+        f"\n{'implementation':38} {'backend':8} {'keys':44} {'seconds':>8} {'points/s':>12} "
+        f"{'x (median)':>10} {'x range':>12}"
+    )
     for r in rows:
+        spread = r.get("speedup_range", [1.0, 1.0])
         print(
-            f"{r['implementation']:52} {r['backend']:8} {r['seconds']:8.2f} "
-            f"{r['points_per_s']:12,} {r['speedup']:6.1f}"
+            f"{r['implementation']:38} {r['backend']:8} {r['keys']:44} {r['seconds']:8.2f} "
+            f"{r['points_per_s']:12,} {r['speedup']:10.1f} {spread[0]:5.1f}-{spread[1]:<6.1f}"
         )
     report = {
         "benchmark": "cascade",
@@ -458,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             "tiers": [t.name for t in DEFAULT_TIERS[1:]],
             "bound_ns": BOUND_NS,
             "allowed_lateness_ns": LATENESS_NS,
+            "repeat": args.repeat,
         },
         "machine": {
             "python": platform.python_version(),

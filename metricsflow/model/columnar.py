@@ -104,8 +104,33 @@ def _canonical_series(sk: str, lineno: int) -> str:
     return ",".join([meas, *sorted(tags, key=lambda t: t[: t.index("=")])])
 
 
-def decode_columnar(value: bytes) -> ColumnarChunk:
+@dataclass(slots=True)
+class KeyInterner:
+    """Series and field key dictionaries shared by the records of one partition.
+
+    Pass the same interner to :func:`decode_columnar` for every record of a partition: the
+    ``series_idx``/``field_idx`` of every chunk are then *stable* ids (the chunks'
+    ``series_keys``/``field_keys`` are the interner's own, append-only lists), so a consumer
+    can map them to its keys with array operations instead of per-record string lookups. The
+    decoder does one dictionary lookup per line and per field either way; interning adds no
+    work. Append-only: keys stay until the interner is dropped (e.g. the partition is revoked).
+    """
+
+    series_index: dict[str, int] = field(default_factory=dict)
+    """series key text as it appears in a line -> id (several texts may share an id)"""
+    canon_index: dict[str, int] = field(default_factory=dict)
+    """canonical series key -> id"""
+    series_keys: list[str] = field(default_factory=list)
+    field_index: dict[str, int] = field(default_factory=dict)
+    field_keys: list[str] = field(default_factory=list)
+
+
+def decode_columnar(value: bytes, interner: KeyInterner | None = None) -> ColumnarChunk:
     """Decode a record value (canonical LP) into :class:`ColumnarChunk`.
+
+    Without ``interner`` the chunk's ``series_keys``/``field_keys`` are the keys of this record
+    in order of first appearance; with one (see :class:`KeyInterner`) they are the interner's
+    lists and the indexes are stable across records (keys no sample uses may be present).
 
     Raises :class:`RecordFormatError` (a ``SerializationError``) naming the 1-based line and
     column of the first malformed line; never anything else for any input bytes.
@@ -117,18 +142,22 @@ def decode_columnar(value: bytes) -> ColumnarChunk:
         raise RecordFormatError("invalid UTF-8", line=before.count(b"\n") + 1,
                                 column=exc.start - (before.rfind(b"\n") + 1) + 1,
                                 text=repr(value[exc.start : exc.start + 4])) from None  # fmt: skip
+    if interner is None:
+        interner = KeyInterner()
     rows = _RECORD_RE.findall(text)
     if "\r" not in text and len(rows) == text.count("\n") + 1:
-        return _from_rows(rows, value)
-    return _slow(text, value)
+        return _from_rows(rows, value, interner)
+    return _slow(text, value, interner)
 
 
-def _from_rows(rows: list[tuple[str, str, str]], raw: bytes) -> ColumnarChunk:
-    sk_index: dict[str, int] = {}
-    canon_index: dict[str, int] = {}
-    series_keys: list[str] = []
-    fk_index: dict[str, int] = {}
-    field_keys: list[str] = []
+def _from_rows(
+    rows: list[tuple[str, str, str]], raw: bytes, interner: KeyInterner
+) -> ColumnarChunk:
+    sk_index = interner.series_index
+    canon_index = interner.canon_index
+    series_keys = interner.series_keys
+    fk_index = interner.field_index
+    field_keys = interner.field_keys
     s_col: list[int] = []
     f_col: list[int] = []
     t_col: list[int] = []
@@ -168,7 +197,7 @@ def _from_rows(rows: list[tuple[str, str, str]], raw: bytes) -> ColumnarChunk:
             f_col.append(f)
             t_col.append(t)
     if t_col and (max(t_col) > MAX_TIME_NS or min(t_col) < MIN_TIME_NS):
-        return _slow(raw.decode("utf-8"), raw)  # the exact parser names the bad timestamp
+        return _slow(raw.decode("utf-8"), raw, interner)  # the exact parser names the bad ts
     return ColumnarChunk(
         series_keys, field_keys,
         np.array(s_col, dtype=np.int32), np.array(f_col, dtype=np.int32),
@@ -177,12 +206,12 @@ def _from_rows(rows: list[tuple[str, str, str]], raw: bytes) -> ColumnarChunk:
     )  # fmt: skip
 
 
-def _slow(text: str, raw: bytes) -> ColumnarChunk:
-    """Line by line: the fast pattern where it fits, else the exact parser."""
-    canon_index: dict[str, int] = {}
-    series_keys: list[str] = []
-    fk_index: dict[str, int] = {}
-    field_keys: list[str] = []
+def _slow(text: str, raw: bytes, interner: KeyInterner) -> ColumnarChunk:
+    """Line by line with the exact parser."""
+    canon_index = interner.canon_index
+    series_keys = interner.series_keys
+    fk_index = interner.field_index
+    field_keys = interner.field_keys
     s_col: list[int] = []
     f_col: list[int] = []
     t_col: list[int] = []

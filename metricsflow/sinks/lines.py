@@ -21,12 +21,14 @@ from metricsflow.runtime.records import AggregateBatch, split_window_key
 
 def aggregate_lines(batch: AggregateBatch) -> dict[str, list[bytes]]:
     """Encode the rows of ``batch`` as line protocol, grouped by database."""
-    prefixes: list[tuple[str, str, str]] = []
-    for key in batch.keys:
-        db, series, field_key = split_window_key(key)
-        prefixes.append((db, series, escape_key(field_key)))
-    by_db: dict[str, list[bytes]] = {}
+    # ``batch.keys`` is the producing operator's whole (append-only) key dictionary: split
+    # only the keys this batch uses, or every emission would cost O(all series).
     idx = batch.key_idx.tolist()
+    prefixes: dict[int, tuple[str, str, str]] = {}
+    for k in set(idx):
+        db, series, field_key = split_window_key(batch.keys[k])
+        prefixes[k] = (db, series, escape_key(field_key))
+    by_db: dict[str, list[bytes]] = {}
     starts = batch.window_start_ns.tolist()
     counts = batch.count.tolist()
     sums = batch.sum.tolist()

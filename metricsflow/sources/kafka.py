@@ -11,7 +11,8 @@
   checkpoint *n* when *n* completes; resuming always uses the position in the checkpoint, or
   the earliest offset when no checkpoint holds the partition. ``enable_auto_commit=False``.
 * **Micro-batches**: ``poll`` fetches what one ``getmany`` returns for its partition, decodes
-  every record with :func:`metricsflow.model.message.decode_record` and hands out, in order,
+  every record with :func:`metricsflow.model.columnar.decode_columnar` (headers checked by
+  :func:`metricsflow.model.message.read_headers`) and hands out, in order,
   one :class:`RawLinesBatch` per database (the raw tier, lines unchanged) and then one
   :class:`RecordBatch` (numeric samples, keys ``window_key(db, series, field)``). The position
   advances past the fetched records only with that last element, so a barrier between the
@@ -29,7 +30,7 @@
   records pending, lag, or no recent fetch response (broker unreachable: the reader cannot
   know what is waiting) are all ``ACTIVE``: the watermark then waits for the data instead of
   following the wall clock, so nothing that is merely delayed becomes late.
-* **Poison records** (anything :func:`decode_record` rejects) are counted, logged with
+* **Poison records** (anything the headers check or the decoder rejects) are counted, logged with
   topic/partition/offset, produced to the dead-letter topic ``<topic>.dlq`` (value and key
   unchanged, original headers plus ``mf-dlq-error``, ``mf-dlq-topic``, ``mf-dlq-partition``,
   ``mf-dlq-offset``, ``mf-dlq-time-ns``) and skipped. Producing the dead letter is awaited
@@ -52,10 +53,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from metricsflow.errors import ConfigurationError, SerializationError
-from metricsflow.model.message import decode_record
-from metricsflow.runtime.records import RawLinesBatch, RecordBatch, window_key
+from metricsflow.model.columnar import decode_columnar
+from metricsflow.model.message import read_headers
+from metricsflow.runtime.records import RawLinesBatch, RecordBatch
 from metricsflow.runtime.source import Source, SourceElement, SourceReader, WatermarkStatus
 from metricsflow.sources.base import AssignmentListener, SourceStats, decode_offset, encode_offset
+from metricsflow.windows.keys import WindowKeyIndex
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +271,11 @@ class KafkaPartitionReader(SourceReader):
         self._closed = False
         self._paused = False
         self._caught_up = False
+        # One append-only key dictionary per partition for the reader's lifetime: batches
+        # carry ids into a key tuple that only grows, so the window operator maps only keys
+        # it has not seen (a new reader after reassignment starts fresh; the operator maps
+        # into its own restored ids).
+        self._keys = WindowKeyIndex()
 
     def restore_position(self, position: bytes | None) -> None:
         self._seek_to = None if position is None else decode_offset(position)
@@ -353,8 +361,6 @@ class KafkaPartitionReader(SourceReader):
     async def _decode(self, records: Sequence[Any]) -> None:
         stats = self.source.stats
         raw_by_db: dict[str, tuple[list[bytes], int]] = {}
-        key_index: dict[str, int] = {}
-        keys: list[str] = []
         idx_parts: list[np.ndarray[Any, np.dtype[np.int32]]] = []
         ts_parts: list[np.ndarray[Any, np.dtype[np.int64]]] = []
         val_parts: list[np.ndarray[Any, np.dtype[np.float64]]] = []
@@ -365,7 +371,8 @@ class KafkaPartitionReader(SourceReader):
             try:
                 if value is None:
                     raise SerializationError("record has no value (tombstone)")
-                chunk = decode_record(value, record.headers)
+                meta = read_headers(record.headers)
+                cols = decode_columnar(value, self._keys.interner)
             except SerializationError as exc:
                 stats.dead_letters += 1
                 logger.error(
@@ -376,28 +383,15 @@ class KafkaPartitionReader(SourceReader):
                 )  # fmt: skip
                 await self.source.produce_dead_letter(record, str(exc))
                 continue
-            cols = chunk.columns
             stats.points_in += cols.point_count
-            lines, count = raw_by_db.get(chunk.db, ([], 0))
+            lines, count = raw_by_db.get(meta.db, ([], 0))
             lines.append(cols.raw)
-            raw_by_db[chunk.db] = (lines, count + cols.point_count)
+            raw_by_db[meta.db] = (lines, count + cols.point_count)
             n = len(cols)
             if n == 0:
                 continue
             stats.samples_in += n
-            n_fields = len(cols.field_keys)
-            local = cols.series_idx.astype(np.int64) * n_fields + cols.field_idx
-            uniq, inverse = np.unique(local, return_inverse=True)
-            mapping = np.empty(len(uniq), dtype=np.int32)
-            for j, code in enumerate(uniq.tolist()):
-                key = window_key(chunk.db, cols.series_keys[code // n_fields],
-                                 cols.field_keys[code % n_fields])  # fmt: skip
-                gi = key_index.get(key)
-                if gi is None:
-                    gi = key_index[key] = len(keys)
-                    keys.append(key)
-                mapping[j] = gi
-            idx_parts.append(mapping[inverse.reshape(-1)])
+            idx_parts.append(self._keys.ids(meta.db, cols))
             ts_parts.append(cols.time_ns)
             val_parts.append(cols.values)
         for db, (lines, count) in raw_by_db.items():
@@ -406,7 +400,7 @@ class KafkaPartitionReader(SourceReader):
             self._pending.append(
                 RecordBatch(
                     key_group=self.key_group,
-                    keys=tuple(keys),
+                    keys=self._keys.keys,
                     key_idx=np.concatenate(idx_parts).astype(np.int32, copy=False),
                     ts_ns=np.concatenate(ts_parts),
                     values=np.concatenate(val_parts),

@@ -88,7 +88,7 @@ def concat(chunks: list[Chunk]) -> Chunk:
 
 def dedupe(chunk: Chunk, unit_ns: int) -> Chunk:
     """Sort by ``(k, t)`` and keep the last arrival per identity."""
-    order = identity_order(chunk["k"], chunk["t"], unit_ns)  # type: ignore[arg-type]
+    order = identity_order(chunk["k"], chunk["t"], unit_ns)
     return take(chunk, order)
 
 
@@ -109,7 +109,7 @@ def reduce_window(rows: Chunk, raw: bool) -> Chunk:
     """
     k = rows["k"]
     n = k.shape[0]
-    starts = group_starts(k)  # type: ignore[arg-type]
+    starts = group_starts(k)
     ends = np.empty_like(starts)
     ends[:-1] = starts[1:] - 1
     if n:

@@ -55,6 +55,7 @@ from metricsflow.state.serializers import INT64, NUMPY_COLUMNS, ColumnarChunk
 from metricsflow.windows import kernels
 from metricsflow.windows.base import RAW_TIER, TierSpec
 from metricsflow.windows.kernels import Chunk, Int32Array, Int64Array
+from metricsflow.windows.keys import KeyDictionary, KeyMapping
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +103,11 @@ class TierWindowMetrics:
 class _KeyGroup:
     watermark_ns: int | None = None
     next_seq: int = 0
-    key_list: list[str] = field(default_factory=list)
-    key_ids: dict[str, int] = field(default_factory=dict)
-    keys_tuple: tuple[str, ...] | None = None
-    in_keys: tuple[str, ...] | None = None
-    in_map: Int32Array = field(default_factory=lambda: np.empty(0, dtype=np.int32))
-
-    def output_keys(self) -> tuple[str, ...]:
-        if self.keys_tuple is None:
-            self.keys_tuple = tuple(self.key_list)
-        return self.keys_tuple
+    dictionary: KeyDictionary = field(default_factory=KeyDictionary)
+    """window key string <-> int32 id (persisted in ``window-keys``); its ``keys`` snapshot is
+    the ``keys`` of every AggregateBatch this key group emits"""
+    mapping: KeyMapping = field(default_factory=KeyMapping)
+    """the upstream's key tuples -> ids of ``dictionary`` (cached, see keys.py)"""
 
 
 class TierWindowOperator(Operator):
@@ -218,8 +214,7 @@ class TierWindowOperator(Operator):
         group.watermark_ns = backend.get(kg, STATE_META, _META_WATERMARK)
         group.next_seq = backend.get(kg, STATE_META, _META_SEQ) or 0
         for _, entry in backend.scan(kg, STATE_KEYS):
-            group.key_list.extend(entry.keys)
-        group.key_ids = {k: i for i, k in enumerate(group.key_list)}
+            group.dictionary.add(entry.keys)
         return group
 
     def _group(self, kg: int) -> _KeyGroup:
@@ -235,32 +230,17 @@ class TierWindowOperator(Operator):
 
     # -- key dictionary -------------------------------------------------------------------
     def _map_keys(self, kg: int, group: _KeyGroup, keys: tuple[str, ...]) -> Int32Array:
-        """Ids of ``keys`` (cached: upstream tiers send the same, growing tuple each time)."""
-        if keys is group.in_keys:
-            return group.in_map
-        prev = group.in_keys
-        if prev is not None and len(keys) > len(prev) and keys[: len(prev)] == prev:
-            tail = self._lookup(kg, group, keys[len(prev) :])
-            mapping = np.concatenate((group.in_map, tail))
-        else:
-            mapping = self._lookup(kg, group, keys)
-        group.in_keys, group.in_map = keys, mapping
+        """Ids of ``keys``: only keys this mapping has not seen cost a lookup (upstream tiers
+        and the Kafka source hand over one growing :class:`KeyTuple` per key group), and only
+        keys new to the dictionary are persisted."""
+        dictionary = group.dictionary
+        first = len(dictionary)
+        mapping = group.mapping.map(keys, dictionary)
+        if len(dictionary) > first:
+            backend, _ = self._state()
+            new = dictionary.keys_from(first)
+            backend.put(kg, STATE_KEYS, first.to_bytes(4, "big"), ColumnarChunk({}, tuple(new)))
         return mapping
-
-    def _lookup(self, kg: int, group: _KeyGroup, keys: tuple[str, ...]) -> Int32Array:
-        ids = group.key_ids
-        try:  # the common case: every key is known (one C-level pass, no list)
-            return np.fromiter(map(ids.__getitem__, keys), dtype=np.int32, count=len(keys))
-        except KeyError:
-            pass
-        new = [k for k in dict.fromkeys(keys) if k not in ids]
-        first = len(group.key_list)
-        group.key_list.extend(new)
-        ids.update(zip(new, range(first, first + len(new)), strict=True))
-        group.keys_tuple = None
-        backend, _ = self._state()
-        backend.put(kg, STATE_KEYS, first.to_bytes(4, "big"), ColumnarChunk({}, tuple(new)))
-        return np.fromiter(map(ids.__getitem__, keys), dtype=np.int32, count=len(keys))
 
     # -- input ----------------------------------------------------------------------------
     def process_batch(
@@ -425,7 +405,7 @@ class TierWindowOperator(Operator):
             key_group=kg,
             tier=self.tier.name,
             window_ns=self.window_ns,
-            keys=group.output_keys(),
+            keys=group.dictionary.keys,
             key_idx=r["k"],
             window_start_ns=starts[0] if len(starts) == 1 else np.concatenate(starts),
             count=r["c"],
