@@ -11,9 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from metricsflow.infra.process import ProcessServer
+from metricsflow.infra.process import PackageHttpServer
 
 
 @dataclass(frozen=True)
@@ -28,28 +26,14 @@ class GatewayConfig:
     """Extra ``GATEWAY_*`` settings."""
 
 
-class GatewayServer(ProcessServer):
+class GatewayServer(PackageHttpServer):
     name = "gateway"
     start_timeout_s = 30.0
     stop_timeout_s = 10.0
 
     def __init__(self, config: GatewayConfig) -> None:
-        super().__init__(config.data_dir)
+        super().__init__(config.data_dir, config.host, config.port)
         self.config = config
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.config.host}:{self.config.port}"
-
-    @property
-    def address(self) -> str:
-        return self.url
-
-    def install(self) -> None:
-        """Nothing to install: the gateway is this package."""
-
-    def ports(self) -> tuple[int, ...]:
-        return (self.config.port,)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "gateway"]
@@ -66,6 +50,3 @@ class GatewayServer(ProcessServer):
         )
         env.update(c.env)
         return env
-
-    def health(self) -> bool:
-        return httpx.get(f"{self.url}/health", timeout=3.0).status_code == 200

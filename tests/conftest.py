@@ -37,12 +37,14 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
+from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.errors import InfrastructureError
 from metricsflow.infra.base import ManagedServer
 from metricsflow.infra.influxdb import InfluxDBConfig, InfluxDBServer
 from metricsflow.infra.kafka import KafkaConfig, KafkaServer
 from metricsflow.infra.process import free_ports
 from metricsflow.infra.settings import default_cache_dir
+from metricsflow.testing.harness import JobRunner
 
 # Session servers started by this conftest: stopped at teardown, and again (belt and braces)
 # when pytest unconfigures; restarted after any test that left one stopped.
@@ -228,3 +230,20 @@ def influx_database_factory(
             httpx.post(
                 f"{influxdb_server.url}/query", data={"q": f'DROP DATABASE "{db}"'}, timeout=10
             )
+
+
+@pytest.fixture
+def runner_factory(tmp_path: Path) -> Callable[..., JobRunner]:
+    """``runner_factory(backend="heap", config=None)``: a job-level test harness
+    (:class:`metricsflow.testing.harness.JobRunner`) in its own directory under ``tmp_path``;
+    checkpoints every 2 ms, two retained, unless ``config`` says otherwise."""
+    counter = iter(range(1000))
+
+    def make(backend: str = "heap", config: CheckpointConfig | None = None) -> JobRunner:
+        return JobRunner(
+            tmp_path / f"run-{next(counter)}",
+            backend,
+            config or CheckpointConfig(interval_ms=2, num_retained=2),
+        )
+
+    return make

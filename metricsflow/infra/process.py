@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import http.client
 import logging
 import os
 import signal
@@ -522,3 +523,37 @@ class ProcessServer(ManagedServer):
             return False
         with self._thread_lock, file_lock(self._data_dir / f".{self.name}.lock"):
             return stop_pid_file(self.pid_file, name=self.name, kill_immediately=True)
+
+
+class PackageHttpServer(ProcessServer):
+    """A server that is part of this package (the gateway, a worker): nothing to install,
+    HTTP on one loopback port, healthy when ``GET /health`` answers 200."""
+
+    def __init__(self, data_dir: Path, host: str, port: int) -> None:
+        super().__init__(data_dir)
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    def install(self) -> None:
+        """Nothing to install: the server is this package."""
+
+    def ports(self) -> tuple[int, ...]:
+        return (self.port,)
+
+    def health(self) -> bool:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=3.0)
+        try:
+            conn.request("GET", "/health")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()

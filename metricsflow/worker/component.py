@@ -14,11 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from metricsflow.errors import ConfigurationError
 from metricsflow.infra.base import ManagedServer
-from metricsflow.infra.process import ProcessServer
+from metricsflow.infra.process import PackageHttpServer
 from metricsflow.infra.settings import InfraSettings
 from metricsflow.worker.settings import DEFAULT_WORKER_PORT
 
@@ -34,28 +32,14 @@ class WorkerProcessConfig:
     host: str = "127.0.0.1"
 
 
-class WorkerServer(ProcessServer):
+class WorkerServer(PackageHttpServer):
     name = "worker"
     start_timeout_s = 60.0
     stop_timeout_s = 30.0
 
     def __init__(self, config: WorkerProcessConfig) -> None:
-        super().__init__(config.data_dir)
+        super().__init__(config.data_dir, config.host, config.port)
         self.config = config
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.config.host}:{self.config.port}"
-
-    @property
-    def address(self) -> str:
-        return self.url
-
-    def install(self) -> None:
-        """Nothing to install: the worker is this package."""
-
-    def ports(self) -> tuple[int, ...]:
-        return (self.config.port,)
 
     def command(self) -> list[str]:
         c = self.config
@@ -73,12 +57,6 @@ class WorkerServer(ProcessServer):
             METRICSFLOW_DATA_DIR=str(c.data_dir / "data"),
         )
         return env
-
-    def health(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=3.0).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 def worker_component(settings: InfraSettings, addresses: Mapping[str, str]) -> ManagedServer:
