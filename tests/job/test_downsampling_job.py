@@ -12,318 +12,34 @@ must equal both: exactly for count/min/max/first/last, within 1e-9 relative for 
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
 import random
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from metricsflow.infra.influxdb import InfluxDBServer
-from metricsflow.infra.kafka import KafkaServer
-from metricsflow.infra.process import free_port
+from tests.job.stack import (
+    TIER_SPEC,
+    TIERS,
+    Proc,
+    Sender,
+    Stack,
+    assert_tiers_match_oracle,
+    diff,
+    metrics_of,
+    query,
+    reference,
+    stack_factory,
+    tier_rows,
+)
+
+__all__ = ["stack_factory"]  # the fixture, used by this module's tests
 
 # ruff: noqa: ASYNC210, ASYNC251 - the tests drive subprocesses synchronously on purpose
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-TIERS = {"1s": 1_000_000_000, "5s": 5_000_000_000, "10s": 10_000_000_000}
-TIER_SPEC = "raw:7d,1s:7d,5s:7d,10s:7d"
-METRICSFLOW = [str(Path(sys.executable).parent / "metricsflow")]
-
-
-def wait_http(url: str, timeout_s: float = 60, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{url}: process exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not healthy after {timeout_s}s")
-
-
-@dataclass
-class Proc:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path, url: str) -> Proc:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [*METRICSFLOW, *args], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    return Proc(proc, url, log)
-
-
-@dataclass
-class Stack:
-    kafka: KafkaServer
-    influx: InfluxDBServer
-    topic: str
-    db: str
-    tmp: Path
-    gateway: Proc
-    procs: list[Proc] = field(default_factory=list)
-
-    def worker(self, worker_id: str, *args: str, **env: str) -> Proc:
-        port = free_port()
-        base = {
-            "METRICSFLOW_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
-            "METRICSFLOW_KAFKA_TOPIC": self.topic,
-            "METRICSFLOW_KAFKA_GROUP_ID": f"g-{self.topic}",
-            "METRICSFLOW_INFLUXDB_URL": self.influx.url,
-            "METRICSFLOW_DATA_DIR": str(self.tmp / "worker"),
-            "METRICSFLOW_DEAD_LETTER_DIR": str(self.tmp / f"dead-letter-{worker_id}"),
-            "METRICSFLOW_TIERS": TIER_SPEC,
-            "METRICSFLOW_MAX_OUT_OF_ORDERNESS": "1s",
-            "METRICSFLOW_IDLE_TIMEOUT": "2s",
-            "METRICSFLOW_ALLOWED_LATENESS": "1m",
-            "METRICSFLOW_CHECKPOINT_INTERVAL_MS": "500",
-            "METRICSFLOW_INFLUXDB_FLUSH_INTERVAL_S": "0.2",
-            "METRICSFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
-            **env,
-        }
-        proc = spawn(["worker", "--worker-id", worker_id, "--port", str(port), *args], base,
-                     self.tmp / f"worker-{worker_id}.log", f"http://127.0.0.1:{port}")  # fmt: skip
-        self.procs.append(proc)
-        wait_http(f"{proc.url}/health", proc=proc.proc)
-        return proc
-
-
-@pytest.fixture
-def stack_factory(
-    kafka_broker: KafkaServer, influxdb_server: InfluxDBServer, topic_factory: Any,
-    influx_database_factory: Callable[..., str], tmp_path: Path,
-) -> Iterator[Callable[..., Any]]:  # fmt: skip
-    stacks: list[Stack] = []
-
-    async def make(partitions: int = 4) -> Stack:
-        topic = await topic_factory(partitions=partitions)
-        db = influx_database_factory()
-        port = free_port()
-        gateway = spawn(
-            ["gateway", "--port", str(port), "--bootstrap-servers", kafka_broker.bootstrap,
-             "--topic", topic], {}, tmp_path / "gateway.log", f"http://127.0.0.1:{port}",
-        )  # fmt: skip
-        wait_http(f"{gateway.url}/health", proc=gateway.proc)
-        stack = Stack(kafka_broker, influxdb_server, topic, db, tmp_path, gateway)
-        stacks.append(stack)
-        return stack
-
-    yield make
-    for stack in stacks:
-        for proc in [*stack.procs, stack.gateway]:
-            proc.kill()
-
-
-class Sender:
-    """Writes points through the gateway and remembers what was acknowledged (204).
-
-    About 5% of the points rewrite an acknowledged point (same series and timestamp, new
-    value). ``max_rewrite_age_s`` keeps rewrites within the worker's allowed lateness: a point
-    rewritten later than that goes to the raw tier only, by design (docs/windows.md), so the
-    reference over every acknowledged point would no longer describe the tiers.
-    """
-
-    def __init__(
-        self, gateway_url: str, db: str, series: int = 40, seed: int = 7,
-        max_rewrite_age_s: float = 20.0,
-    ) -> None:  # fmt: skip
-        self.url = f"{gateway_url}/write"
-        self.db = db
-        self.series = series
-        self.rng = random.Random(seed)
-        self.acked: dict[tuple[str, int], float] = {}
-        self.client = httpx.Client(timeout=10)
-        self.last_ts = 0
-        self.max_rewrite_age_ns = int(max_rewrite_age_s * 1e9)
-        self._recent: list[tuple[str, int]] = []
-
-    def send_batch(self, points_per_series: int = 2) -> None:
-        now = time.time_ns()
-        lines: list[str] = []
-        batch: dict[tuple[str, int], float] = {}
-        horizon = now - self.max_rewrite_age_ns
-        while self._recent and self._recent[0][1] < horizon:
-            del self._recent[: max(1, len(self._recent) // 8)]
-        for s in range(self.series):
-            for _ in range(points_per_series):
-                ts = now - self.rng.randrange(0, 500_000_000)
-                ts = max(ts, self.last_ts - 900_000_000)
-                series = f"m,host=h{s:03d}"
-                if self._recent and self.rng.random() < 0.05:  # rewrite an acknowledged point
-                    series, ts = self.rng.choice(self._recent)
-                value = round(self.rng.uniform(-100, 100), 3)
-                batch[(series, ts)] = value
-        for (series, ts), value in batch.items():
-            lines.append(f"{series} v={value} {ts}")
-        while True:
-            try:
-                r = self.client.post(self.url, params={"db": self.db, "precision": "ns"},
-                                     content="\n".join(lines).encode())  # fmt: skip
-            except httpx.HTTPError:
-                time.sleep(0.2)
-                continue
-            if r.status_code == 204:
-                break
-            time.sleep(0.2)  # 503 while Kafka is down: retry the same points
-        self.acked.update(batch)
-        self._recent.extend(k for k in sorted(batch, key=lambda k: k[1]) if k[1] >= horizon)
-        self.last_ts = max(self.last_ts, now)
-
-    def run_for(self, seconds: float, interval_s: float = 0.05) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.send_batch()
-            time.sleep(interval_s)
-
-    @contextlib.contextmanager
-    def in_background(self, interval_s: float = 0.05) -> Iterator[None]:
-        """Keep sending from a thread (``acked`` is only read after the block)."""
-        stop = threading.Event()
-        errors: list[BaseException] = []
-
-        def loop() -> None:
-            try:
-                while not stop.is_set():
-                    self.send_batch()
-                    stop.wait(interval_s)
-            except BaseException as exc:  # surfaced after the block
-                errors.append(exc)
-
-        thread = threading.Thread(target=loop, name="sender", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(30)
-        assert not errors, errors
-
-
-def reference(
-    acked: dict[tuple[str, int], float], window_ns: int
-) -> dict[tuple[str, int], dict[str, float]]:
-    groups: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
-    for (series, ts), value in acked.items():
-        groups[(series, ts - ts % window_ns)].append((ts, value))
-    out: dict[tuple[str, int], dict[str, float]] = {}
-    for key, rows in groups.items():
-        rows.sort()
-        values = [v for _, v in rows]
-        out[key] = {"count": len(values), "sum": math.fsum(values), "min": min(values),
-                    "max": max(values), "first": values[0], "last": values[-1]}  # fmt: skip
-    return out
-
-
-def query(url: str, db: str, q: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{url}/query", params={"db": db, "q": q, "epoch": "ns"}, timeout=60)
-    r.raise_for_status()
-    result = r.json()["results"][0]
-    assert "error" not in result, result
-    rows = []
-    for series in result.get("series", []):
-        for values in series.get("values", []):
-            rows.append(
-                {**series.get("tags", {}), **dict(zip(series["columns"], values, strict=False))}
-            )
-    return rows
-
-
-def tier_rows(stack: Stack, tier: str) -> dict[tuple[str, int], dict[str, float]]:
-    rows = query(stack.influx.url, stack.db, f'SELECT * FROM "{tier}"."m" GROUP BY *')
-    return {(f"m,host={r['host']}", r["time"]): {
-        "count": r["count_v"], "sum": r["sum_v"], "min": r["min_v"], "max": r["max_v"],
-        "first": r["first_v"], "last": r["last_v"], "mean": r["mean_v"]} for r in rows}  # fmt: skip
-
-
-def influxql_rows(
-    stack: Stack, tier: str, lo: int, hi: int
-) -> dict[tuple[str, int], dict[str, float]]:
-    rows = query(stack.influx.url, stack.db,
-                 f'SELECT count(v), sum(v), min(v), max(v), first(v), last(v) FROM "raw"."m" '
-                 f"WHERE time >= {lo} AND time < {hi} GROUP BY time({tier}), *")  # fmt: skip
-    return {(f"m,host={r['host']}", r["time"]): {
-        "count": r["count"], "sum": r["sum"], "min": r["min"], "max": r["max"],
-        "first": r["first"], "last": r["last"]} for r in rows if r["count"]}  # fmt: skip
-
-
-def diff(expected: dict[Any, dict[str, float]], actual: dict[Any, dict[str, float]]) -> list[str]:
-    problems = []
-    for key in sorted(set(expected) | set(actual)):
-        e, a = expected.get(key), actual.get(key)
-        if e is None or a is None:
-            problems.append(f"{key}: expected {e} got {a}")
-            continue
-        for name in ("count", "min", "max", "first", "last"):
-            if e[name] != a[name]:
-                problems.append(f"{key}.{name}: expected {e[name]} got {a[name]}")
-        if not math.isclose(e["sum"], a["sum"], rel_tol=1e-9, abs_tol=1e-9):
-            problems.append(f"{key}.sum: expected {e['sum']} got {a['sum']}")
-        if "mean" in a and not math.isclose(e["sum"] / e["count"], a["mean"], rel_tol=1e-9,
-                                            abs_tol=1e-9):  # fmt: skip
-            problems.append(f"{key}.mean: expected {e['sum'] / e['count']} got {a['mean']}")
-    return problems
-
-
-def assert_tiers_match_oracle(stack: Stack, sender: Sender, timeout_s: float = 60) -> None:
-    """Wait until every tier equals the reference, then check InfluxQL over raw too."""
-    deadline = time.monotonic() + timeout_s
-    problems: dict[str, list[str]] = {}
-    while time.monotonic() < deadline:
-        problems = {}
-        for tier, window in TIERS.items():
-            p = diff(reference(sender.acked, window), tier_rows(stack, tier))
-            if p:
-                problems[tier] = p
-        if not problems:
-            break
-        time.sleep(1)
-    assert not problems, {t: (len(p), p[:5]) for t, p in problems.items()}
-    lo = min(ts for _, ts in sender.acked) // 10_000_000_000 * 10_000_000_000
-    hi = max(ts for _, ts in sender.acked) + 10_000_000_000
-    for tier in TIERS:
-        p = diff(influxql_rows(stack, tier, lo, hi), tier_rows(stack, tier))
-        assert not p, (tier, len(p), p[:5])
-
-
-def metrics_of(proc: Proc) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in httpx.get(f"{proc.url}/metrics", timeout=10).text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 async def test_every_tier_equals_the_python_reference_and_influxql_over_the_raw_tier(

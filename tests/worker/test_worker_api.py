@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.job.test_downsampling_job import (  # the same stack as the end-to-end tests
+from tests.job.stack import (  # the same stack as the end-to-end tests
     METRICSFLOW,
     TIERS,
     Sender,
