@@ -15,42 +15,113 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
 
-    bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
-    topic: str = Field(default="metrics", description="Topic the points are produced to.")
-    host: str = Field(default="127.0.0.1", description="Listen address.")
-    port: int = Field(
-        default=8186, description="Listen port (Telegraf's influxdb_listener default)."
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        description="Kafka bootstrap servers, comma-separated `host:port` list.",
     )
-    workers: int = Field(default=1, ge=1, description="uvicorn worker processes.")
+    topic: str = Field(
+        default="metrics",
+        description=(
+            "Kafka topic the points are produced to; the workers' METRICSFLOW_KAFKA_TOPIC must "
+            "name the same topic. The gateway does not create it (deploy/ and `make run` do): its "
+            "partition count is the most workers that can share the load."
+        ),
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="HTTP listen address; `0.0.0.0` to accept connections from other hosts.",
+    )
+    port: int = Field(
+        default=8186,
+        description="HTTP listen port (8186: Telegraf's influxdb_listener default).",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "uvicorn worker processes. Each has its own Kafka producer and its own "
+            "GATEWAY_MAX_INFLIGHT_BYTES budget; raise it when one process's CPU is the limit."
+        ),
+    )
     tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Accepted tokens, comma-separated; empty disables authentication.",
+        description=(
+            "Accepted tokens, comma-separated; empty disables authentication. A client sends "
+            "one as `Authorization: Token <t>` or `Bearer <t>`, as the Basic-auth password, or "
+            "as `p=<t>`. Guards the write endpoints and `/query`."
+        ),
     )
     max_body_bytes: int = Field(
-        default=25_000_000, description="Largest body, before and after decompression (413 beyond)."
+        default=25_000_000,
+        description=(
+            "Largest request body in bytes, checked on the body as received and again after "
+            "gzip/snappy decompression; larger requests get 413."
+        ),
     )
-    max_line_length: int = Field(default=65_536, description="Longest line-protocol line.")
+    max_line_length: int = Field(
+        default=65_536,
+        description=(
+            "Longest line-protocol line, in characters. This and the four limits below apply "
+            "to the line-protocol and JSON endpoints (not remote write); one violation "
+            "rejects the whole request with 400."
+        ),
+    )
     max_tags: int = Field(default=256, description="Most tags per point.")
     max_fields: int = Field(default=1_024, description="Most fields per point.")
     max_key_length: int = Field(
-        default=256, description="Longest measurement, tag key or field key."
+        default=256, description="Longest measurement name, tag key or field key, in characters."
     )
-    max_tag_value_length: int = Field(default=4_096, description="Longest tag value.")
+    max_tag_value_length: int = Field(
+        default=4_096, description="Longest tag value, in characters."
+    )
     max_inflight_bytes: int = Field(
         default=256_000_000,
-        description="Bytes of requests not yet acknowledged by Kafka (429 beyond).",
+        description=(
+            "Backpressure, per gateway process: bytes of (decompressed) request bodies not yet "
+            "settled by Kafka. A request that would go beyond gets 429 with Retry-After; a "
+            "request is always admitted when nothing is in flight. Bounds the gateway's memory "
+            "while Kafka is slow."
+        ),
     )
     produce_deadline_s: float = Field(
-        default=10.0, gt=0, description="How long a request waits for Kafka's acks before 503."
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds a write request waits for Kafka to acknowledge all its records before it "
+            "gets 503 with Retry-After; also the producer's request timeout (at least 1 s) and "
+            "how long startup waits for a first connection to Kafka."
+        ),
     )
-    retry_after_s: int = Field(default=2, ge=1, description="Retry-After on 429 and 503.")
-    prometheus_db: str = Field(default="prometheus", description="Database of remote-write points.")
+    retry_after_s: int = Field(
+        default=2,
+        ge=1,
+        description="Seconds sent in the Retry-After header of 429 and 503 answers.",
+    )
+    prometheus_db: str = Field(
+        default="prometheus",
+        description=(
+            "Database of Prometheus remote-write points (`/api/v1/write`) whose URL has no "
+            "`db` parameter."
+        ),
+    )
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        default="lz4", description="Kafka record batch compression."
+        default="lz4", description="Compression of the Kafka record batches the gateway produces."
     )
-    linger_ms: int = Field(default=2, ge=0, description="Producer linger (batching delay).")
+    linger_ms: int = Field(
+        default=2,
+        ge=0,
+        description=(
+            "Milliseconds the producer waits for more records to fill a batch; more means "
+            "fewer, larger batches (less CPU per point) at the cost of write latency."
+        ),
+    )
     max_batch_bytes: int = Field(
-        default=1_048_576, description="Producer batch size per partition."
+        default=1_048_576,
+        description=(
+            "Kafka producer batch size per partition, in bytes; the largest request is this "
+            "plus 64 KiB. Keep it at least ~1 MB (one record carries up to 900 kB of lines) "
+            "and within the broker's message.max.bytes."
+        ),
     )
 
     @field_validator("tokens", mode="before")

@@ -68,29 +68,44 @@ class QuerySettings(BaseSettings):
 
     influxdb_url: str = Field(
         default="http://127.0.0.1:8086",
-        description="InfluxDB 1.x HTTP API the query API reads from.",
+        description=(
+            "InfluxDB 1.x HTTP API the query API (`/query`) reads from: the server the workers "
+            "write to (their METRICSFLOW_INFLUXDB_URL). The client's credentials (`u`/`p`, "
+            "Authorization) are passed on."
+        ),
     )
     influxdb_timeout_s: float = Field(
-        default=60.0, gt=0, description="Timeout of one request to InfluxDB."
+        default=60.0,
+        gt=0,
+        description=(
+            "Timeout in seconds of one request to InfluxDB; raise it for long-range raw queries."
+        ),
     )
     query_tiers: str = Field(
         default=_default_tiers_text(),
         description=(
-            "Tiers as <window>:<retention>, comma-separated, raw first: the same value as "
-            "the worker's METRICSFLOW_TIERS."
+            "Tiers as `<window>:<retention>`, comma-separated, raw first: the same value as "
+            "the workers' METRICSFLOW_TIERS, or the query API reads retention policies the "
+            "workers do not write."
         ),
     )
     query_tier_lag_s: float = Field(
         default=300.0,
         ge=0,
         description=(
-            "Tier windows that ended less than this long ago are read from raw instead (the "
-            "worker writes a window once its watermark passes the end); keep it above the "
-            "worker's out-of-orderness bound plus its sink latency."
+            "Seconds: tier windows that ended less than this long ago are read from raw "
+            "instead (the worker writes a window once its watermark passes the end); keep it "
+            "above the workers' METRICSFLOW_MAX_OUT_OF_ORDERNESS plus their sink latency "
+            "(METRICSFLOW_INFLUXDB_FLUSH_INTERVAL_S and the write itself)."
         ),
     )
     query_rewrite: bool = Field(
-        default=True, description="Answer rewritable SELECTs from tiers; false proxies everything."
+        default=True,
+        description=(
+            "Answer rewritable SELECTs (count/sum/min/max/mean/first/last GROUP BY time) from "
+            "the coarsest tier that answers them exactly; false proxies every query to "
+            "InfluxDB unchanged. Chunked queries are always proxied."
+        ),
     )
 
     @field_validator("query_tiers")

@@ -1,17 +1,9 @@
 """Settings of the local infrastructure, read from ``METRICSFLOW_*`` environment variables.
 
-=====================================  ===========================  ==============================
-Variable                               Default                      Meaning
-=====================================  ===========================  ==============================
-``METRICSFLOW_INFRA_DIR``              ``.run`` (in the cwd)        data dirs, PID files, logs
-``METRICSFLOW_CACHE_DIR``              ``~/.cache/metricsflow``     downloaded Kafka jars
-``METRICSFLOW_KAFKA_PORT``             ``9092``                     Kafka PLAINTEXT listener
-``METRICSFLOW_KAFKA_CONTROLLER_PORT``  ``9093``                     Kafka KRaft controller
-``METRICSFLOW_INFLUXDB_PORT``          ``8086``                     InfluxDB HTTP API
-``METRICSFLOW_INFLUXDB_RPC_PORT``      ``8088``                     InfluxDB backup/restore RPC
-=====================================  ===========================  ==============================
-
-All servers bind 127.0.0.1 only.
+:data:`RUN_ENVIRONMENT` lists them, with the other plain environment variables of
+``metricsflow infra`` / ``make run`` (read where they are used: ``gateway/component.py``,
+``metricsflow/worker/component.py``, ``metricsflow/cli.py``, ``metricsflow/infra/kafka.py``);
+docs/configuration.md renders it. All servers bind 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -20,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from metricsflow.errors import ConfigurationError
 
@@ -27,6 +20,85 @@ DEFAULT_KAFKA_PORT = 9092
 DEFAULT_KAFKA_CONTROLLER_PORT = 9093
 DEFAULT_INFLUXDB_PORT = 8086
 DEFAULT_INFLUXDB_RPC_PORT = 8088
+
+
+class RunVariable(NamedTuple):
+    """One plain (non-pydantic) environment variable: its name, default and meaning."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+#: The environment of ``metricsflow infra`` and ``make run`` (also used by the tests and
+#: benchmarks that start the same servers). Defaults are shown as text; the modules that read
+#: the variables keep their own constants (tests/test_configuration_docs.py compares them).
+RUN_ENVIRONMENT: tuple[RunVariable, ...] = (
+    RunVariable(
+        "METRICSFLOW_INFRA_DIR",
+        ".run",
+        "Directory (relative to the current directory) for the local servers' data, logs and "
+        "PID files: `kafka/`, `influxdb/`, `gateway/`, `worker/`. `make clean` removes `.run`.",
+    ),
+    RunVariable(
+        "METRICSFLOW_CACHE_DIR",
+        "~/.cache/metricsflow",
+        "Cache of the downloaded Kafka jars, shared by every checkout; "
+        "`$XDG_CACHE_HOME/metricsflow` when XDG_CACHE_HOME is set.",
+    ),
+    RunVariable(
+        "METRICSFLOW_KAFKA_POM",
+        "deploy/kafka/pom.xml",
+        "Maven POM listing the Kafka jars `metricsflow infra install` downloads.",
+    ),
+    RunVariable(
+        "METRICSFLOW_KAFKA_PORT",
+        str(DEFAULT_KAFKA_PORT),
+        "Port of the local Kafka broker's PLAINTEXT listener (the bootstrap address).",
+    ),
+    RunVariable(
+        "METRICSFLOW_KAFKA_CONTROLLER_PORT",
+        str(DEFAULT_KAFKA_CONTROLLER_PORT),
+        "Port of the local Kafka's KRaft controller listener.",
+    ),
+    RunVariable(
+        "METRICSFLOW_INFLUXDB_PORT",
+        str(DEFAULT_INFLUXDB_PORT),
+        "Port of the local InfluxDB's HTTP API.",
+    ),
+    RunVariable(
+        "METRICSFLOW_INFLUXDB_RPC_PORT",
+        str(DEFAULT_INFLUXDB_RPC_PORT),
+        "Port of the local InfluxDB's backup/restore RPC service. The four ports must differ.",
+    ),
+    RunVariable(
+        "METRICSFLOW_GATEWAY_PORT",
+        "8186",
+        "`make run`: the gateway's HTTP port (its GATEWAY_PORT).",
+    ),
+    RunVariable(
+        "METRICSFLOW_KAFKA_TOPIC",
+        "metrics",
+        "`make run`: the topic the gateway produces to and the worker consumes (also the "
+        "worker setting of that name).",
+    ),
+    RunVariable(
+        "METRICSFLOW_KAFKA_PARTITIONS",
+        "6",
+        "`make run`: partitions of the topic, created before the gateway starts (an existing "
+        "topic keeps its count; a warning says so). The most workers that can share the load.",
+    ),
+    RunVariable(
+        "METRICSFLOW_WORKER_PORT",
+        "8190",
+        "`make run`: the worker's REST API port (passed as `--port`).",
+    ),
+    RunVariable(
+        "METRICSFLOW_LOG_LEVEL",
+        "INFO",
+        "Python logging level of every `metricsflow` command (`--log-level` wins).",
+    ),
+)
 
 
 def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:

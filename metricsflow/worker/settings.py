@@ -2,13 +2,16 @@
 
 Precedence (highest first): command-line options, ``METRICSFLOW_*`` environment variables,
 the TOML file given with ``--config`` (or ``METRICSFLOW_CONFIG_FILE``), the defaults below.
-Every field is documented in docs/operations.md ("Worker settings").
+Every field is documented in docs/configuration.md, generated from the descriptions below
+(``python -m metricsflow.docs_config > docs/configuration.md``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,64 +49,316 @@ def parse_tiers(text: str) -> tuple[TierSpec, ...]:
     return validate_tiers(tiers)
 
 
+def check_config_file_keys(path: Path, fields: Any) -> None:
+    """Refuse a TOML key that is no setting: a misspelled key must not be silently ignored
+    (the environment is different: unrelated ``METRICSFLOW_*`` variables are normal)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"config file {str(path)!r} cannot be read: {exc}") from exc
+    known = {name.lower() for name in fields}
+    for key in data:
+        if key.lower() not in known:
+            close = difflib.get_close_matches(key.lower(), sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"config file {str(path)!r}: unknown setting {key!r}{hint} "
+                "(keys are the setting names of docs/configuration.md without the prefix)"
+            )
+
+
 class WorkerSettings(BaseSettings):
     """Every setting of ``metricsflow worker``; ``METRICSFLOW_<NAME>`` sets it."""
 
     model_config = SettingsConfigDict(env_prefix="METRICSFLOW_", frozen=True, extra="ignore")
 
     worker_id: str = Field(
-        default="", description="Stable id; names this worker's checkpoint root. "
-        "Default: <hostname>-<port>.",
-    )  # fmt: skip
-    host: str = Field(default="127.0.0.1", description="REST API listen address.")
-    port: int = Field(default=DEFAULT_WORKER_PORT, description="REST API listen port.")
-    data_dir: Path = Field(default=Path(".run/worker"), description="Checkpoints, savepoints, "
-                           "dead letters (unless set separately).")  # fmt: skip
-    checkpoint_dir: Path | None = Field(default=None, description="Shared by all workers; "
-                                        "default <data_dir>/checkpoints.")  # fmt: skip
-    savepoint_dir: Path | None = Field(default=None, description="Default <data_dir>/savepoints.")
-    dead_letter_dir: Path | None = Field(default=None, description="Rejected and late points; "
-                                         "default <data_dir>/dead-letter.")  # fmt: skip
-    kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092")
-    kafka_topic: str = Field(default="metrics", description="The gateway's topic.")
-    kafka_group_id: str = Field(default="metricsflow", description="One group for all workers.")
-    kafka_dead_letter_topic: str = Field(default="", description="Default <topic>.dlq.")
-    kafka_max_records_per_fetch: int = Field(default=2_000, ge=1)
-    kafka_session_timeout_ms: int = Field(default=10_000)
-    influxdb_url: str = Field(default="http://127.0.0.1:8086")
-    influxdb_username: str | None = None
-    influxdb_password: str | None = None
-    influxdb_database_allowlist: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated fnmatch patterns; empty = any."
+        default="",
+        description=(
+            "Stable id of this worker; names its checkpoint root `<checkpoint_dir>/<worker_id>`. "
+            "Must be unique among running workers and should stay the same across restarts. "
+            "Empty: `<hostname>-<port>`."
+        ),
     )
-    influxdb_batch_max_points: int = Field(default=10_000, ge=1)
-    influxdb_flush_interval_s: float = Field(default=1.0, gt=0)
-    influxdb_gzip_level: int = Field(default=1, ge=0, le=9)
-    influxdb_max_pending_requests: int = Field(default=8, ge=1)
-    tiers: str = Field(default="raw:7d,1m:30d,1h:365d,1d:INF")
-    max_out_of_orderness: str = Field(default="10s")
-    idle_timeout: str = Field(default="30s", description="'' = never advance idle partitions.")
-    allowed_lateness: str = Field(default="1m")
-    checkpoint_interval_ms: int = Field(default=5_000, ge=1)
-    checkpoint_timeout_ms: int = Field(default=60_000, ge=1)
-    checkpoint_min_pause_ms: int = Field(default=0, ge=0)
-    checkpoint_max_concurrent: int = Field(default=1, ge=1)
-    checkpoint_tolerable_failures: int = Field(default=-1, description="-1 = unlimited.")
-    checkpoint_mode: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    checkpoints_retained: int = Field(default=3, ge=1)
-    checkpoint_incremental: bool = True
-    state_backend: Literal["heap", "rocksdb"] = "heap"
-    rocksdb_dir: str | None = None
-    from_savepoint: str | None = None
-    allow_non_restored_state: bool = False
+    host: str = Field(
+        default="127.0.0.1",
+        description="REST API listen address; `0.0.0.0` to reach it from other hosts.",
+    )
+    port: int = Field(
+        default=DEFAULT_WORKER_PORT,
+        description="REST API listen port (health, metrics, checkpoints, savepoints, state).",
+    )
+    data_dir: Path = Field(
+        default=Path(".run/worker"),
+        description=(
+            "Base directory of the checkpoint, savepoint and dead-letter directories that are "
+            "not set separately."
+        ),
+    )
+    checkpoint_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Checkpoints, one root per worker id. Must be the same shared directory for all "
+            "workers of a group: a worker restores a newly assigned partition from the newest "
+            "state in any worker's root. Unset: `<data_dir>/checkpoints`."
+        ),
+    )
+    savepoint_dir: Path | None = Field(
+        default=None,
+        description="Where triggered savepoints are written. Unset: `<data_dir>/savepoints`.",
+    )
+    dead_letter_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Lines InfluxDB rejected for good (`influxdb-<pid>.jsonl`) and points beyond the "
+            "allowed lateness (`late-<pid>.jsonl`). Unset: `<data_dir>/dead-letter`."
+        ),
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        description="Kafka bootstrap servers, comma-separated `host:port` list.",
+    )
+    kafka_topic: str = Field(
+        default="metrics",
+        description="Topic to consume: the gateway's GATEWAY_TOPIC.",
+    )
+    kafka_group_id: str = Field(
+        default="metricsflow",
+        description=(
+            "Consumer group: the same for all workers that share the work. A second, "
+            "independent deployment reading the same topic needs its own group (and its own "
+            "checkpoint directory)."
+        ),
+    )
+    kafka_dead_letter_topic: str = Field(
+        default="",
+        description=(
+            "Topic for records that cannot be decoded (created at start with 1 partition and "
+            "replication factor 1 if missing). Empty: `<kafka_topic>.dlq`."
+        ),
+    )
+    kafka_max_records_per_fetch: int = Field(
+        default=2_000,
+        ge=1,
+        description=(
+            "Most records one fetch of one partition returns: the micro-batch size. Larger "
+            "batches cost less per point but hold more in memory and delay checkpoint barriers."
+        ),
+    )
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        description=(
+            "Milliseconds without heartbeats (sent every second) after which Kafka considers "
+            "a worker dead and moves its partitions to the others. The broker accepts only "
+            "values within its group.min/max.session.timeout.ms (6 s .. 30 min by default)."
+        ),
+    )
+    influxdb_url: str = Field(
+        default="http://127.0.0.1:8086",
+        description=(
+            "InfluxDB 1.x HTTP API the tiers are written to. The worker creates databases and "
+            "one retention policy per tier, so with authentication the user needs admin rights."
+        ),
+    )
+    influxdb_username: str | None = Field(
+        default=None,
+        description="InfluxDB user (HTTP Basic auth); unset: no authentication.",
+    )
+    influxdb_password: str | None = Field(
+        default=None,
+        description="Password of METRICSFLOW_INFLUXDB_USERNAME; ignored without a username.",
+    )
+    influxdb_database_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated shell patterns (fnmatch, case-sensitive) of the databases the "
+            "worker may create and write; empty: any. Points for other databases go to the "
+            "dead-letter file (reason `database_not_allowed`)."
+        ),
+    )
+    influxdb_batch_max_points: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Points per InfluxDB write request (per database and retention policy); a request "
+            "is also sealed at 2 MB."
+        ),
+    )
+    influxdb_flush_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "Seconds after which a batch that is not full is sent anyway: the write latency "
+            "at low rates."
+        ),
+    )
+    influxdb_gzip_level: int = Field(
+        default=1,
+        ge=0,
+        le=9,
+        description="gzip level of write requests; 0 sends them uncompressed.",
+    )
+    influxdb_max_pending_requests: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Sealed write requests that may wait for InfluxDB. Beyond, the worker stops "
+            "reading Kafka (backpressure) until InfluxDB catches up."
+        ),
+    )
+    tiers: str = Field(
+        default="raw:7d,1m:30d,1h:365d,1d:INF",
+        description=(
+            "Tier cascade, comma-separated `<window>:<retention>`, `raw` first; each window a "
+            "larger multiple of the previous one, retention a duration or `INF`. Each tier is "
+            "a retention policy named like its window (`raw` is the default policy); changed "
+            "retentions are applied to existing databases. Must equal the gateway's "
+            "GATEWAY_QUERY_TIERS. Removing a tier needs METRICSFLOW_ALLOW_NON_RESTORED_STATE."
+        ),
+    )
+    max_out_of_orderness: str = Field(
+        default="10s",
+        description=(
+            "How far behind the newest point of a partition a point may be and still be on "
+            "time: the watermark is the newest event time minus this, and a window is written "
+            "once the watermark passes its end. More tolerates more disorder but delays the "
+            "tiers. Duration (`s`, `m`, `h`, `d`, `w`), or `0`."
+        ),
+    )
+    idle_timeout: str = Field(
+        default="30s",
+        description=(
+            "After a partition has been caught up and quiet this long (wall clock), its "
+            "watermark advances with the clock, so its last windows get written. Empty: never "
+            "(a quiet partition's windows stay open until new data arrives)."
+        ),
+    )
+    allowed_lateness: str = Field(
+        default="1m",
+        description=(
+            "How long after a window was written points behind the watermark still update it "
+            "(it is re-written in full); later points are only in the raw tier and the "
+            "late-points file. Also how long window state is kept after firing. Duration, or "
+            "`0`."
+        ),
+    )
+    checkpoint_interval_ms: int = Field(
+        default=5_000,
+        ge=1,
+        description=(
+            "Milliseconds between the triggers of two periodic checkpoints. Shorter means "
+            "less to replay after a failure and more checkpoint overhead."
+        ),
+    )
+    checkpoint_timeout_ms: int = Field(
+        default=60_000,
+        ge=1,
+        description=(
+            "A checkpoint not complete after this many milliseconds is aborted. A checkpoint "
+            "completes only once InfluxDB acknowledged the output before it, so this also "
+            "bounds that wait (and the final flush on stop)."
+        ),
+    )
+    checkpoint_min_pause_ms: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Least milliseconds between the end of one checkpoint and the next trigger, so "
+            "that slow checkpoints cannot starve processing."
+        ),
+    )
+    checkpoint_max_concurrent: int = Field(
+        default=1, ge=1, description="Checkpoints in flight at once."
+    )
+    checkpoint_tolerable_failures: int = Field(
+        default=-1,
+        description=(
+            "Consecutive failed checkpoints tolerated; one more fails (and restarts) the job. "
+            "-1: unlimited (e.g. checkpoints keep expiring while InfluxDB is down)."
+        ),
+    )
+    checkpoint_mode: Literal["exactly_once", "at_least_once"] = Field(
+        default="exactly_once",
+        description=(
+            "`exactly_once` aligns barriers (an input that delivered the barrier waits for the "
+            "others); `at_least_once` does not block, and records after the barrier are "
+            "replayed after a restore."
+        ),
+    )
+    checkpoints_retained: int = Field(
+        default=3,
+        ge=1,
+        description="Completed checkpoints kept per worker; older ones are deleted.",
+    )
+    checkpoint_incremental: bool = Field(
+        default=True,
+        description=(
+            "Checkpoints upload only new files where the state backend can (RocksDB); "
+            "savepoints are always full."
+        ),
+    )
+    state_backend: Literal["heap", "rocksdb"] = Field(
+        default="heap",
+        description=(
+            "Where window state lives: `heap` (Python objects, fastest) or `rocksdb` "
+            "(embedded RocksDB on local disk: state larger than memory, incremental "
+            "checkpoints)."
+        ),
+    )
+    rocksdb_dir: str | None = Field(
+        default=None,
+        description=(
+            "RocksDB working directory (`state_backend = rocksdb`): disposable, wiped at "
+            "start since checkpoints are the durable copy. Unset: a new temporary directory."
+        ),
+    )
+    from_savepoint: str | None = Field(
+        default=None,
+        description=(
+            "Savepoint directory to start from (`--from-savepoint`). It is one candidate "
+            "per partition: a checkpoint in METRICSFLOW_CHECKPOINT_DIR with a higher Kafka "
+            "offset wins."
+        ),
+    )
+    allow_non_restored_state: bool = Field(
+        default=False,
+        description=(
+            "Restore even if the savepoint or checkpoint holds state no operator claims "
+            "(e.g. a removed tier), dropping it; otherwise such a restore is refused."
+        ),
+    )
     restart_strategy: Literal["failure-rate", "fixed-delay", "none"] = Field(
-        default="failure-rate", description="In-process job restarts after a failure; 'none' "
-        "exits at the first failure (the supervisor restarts the process).",
-    )  # fmt: skip
-    restart_delay_s: float = Field(default=2.0, ge=0)
-    restart_attempts: int = Field(default=3, ge=0, description="fixed-delay: restarts in all.")
-    restart_max_failures_per_interval: int = Field(default=3, ge=1)
-    restart_failure_rate_interval_s: float = Field(default=300.0, gt=0)
+        default="failure-rate",
+        description=(
+            "In-process job restarts after a failure: `failure-rate` (at most "
+            "METRICSFLOW_RESTART_MAX_FAILURES_PER_INTERVAL per interval), `fixed-delay` (at "
+            "most METRICSFLOW_RESTART_ATTEMPTS in all), `none` (exit at the first failure and "
+            "let the supervisor restart the process)."
+        ),
+    )
+    restart_delay_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds between a failure and the restart (`failure-rate`, `fixed-delay`).",
+    )
+    restart_attempts: int = Field(
+        default=3,
+        ge=0,
+        description="`fixed-delay`: restarts in the life of the process; the next failure exits.",
+    )
+    restart_max_failures_per_interval: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "`failure-rate`: failures tolerated within the last "
+            "METRICSFLOW_RESTART_FAILURE_RATE_INTERVAL_S seconds; one more exits the process."
+        ),
+    )
+    restart_failure_rate_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="`failure-rate`: the sliding window, in seconds, failures are counted in.",
+    )
 
     @field_validator("influxdb_database_allowlist", mode="before")
     @classmethod
@@ -124,6 +379,7 @@ class WorkerSettings(BaseSettings):
         config_file = os.environ.get("METRICSFLOW_CONFIG_FILE")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_file:
+            check_config_file_keys(Path(config_file), settings_cls.model_fields)
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
 
