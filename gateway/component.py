@@ -4,6 +4,9 @@ Ports and names come from ``METRICSFLOW_*`` environment variables (``make run`` 
 ``metricsflow`` CLI): ``METRICSFLOW_GATEWAY_PORT`` (default 8186, Telegraf's
 ``influxdb_listener`` port), ``METRICSFLOW_KAFKA_TOPIC`` (default ``metrics``) and
 ``METRICSFLOW_KAFKA_PARTITIONS`` (default 6: the most workers one topic can spread over).
+Every ``GATEWAY_*`` setting in the environment (tokens, limits, ...) reaches the gateway,
+except the addresses ``make run`` decides; ``GATEWAY_QUERY_TIERS`` defaults to
+``METRICSFLOW_TIERS`` so that the query API reads the tiers the worker writes.
 The topic is created before the gateway starts, so that its partition count is ours and
 not the broker's auto-create default.
 """
@@ -83,6 +86,23 @@ class RunGatewayServer(GatewayServer):
             )
 
 
+#: Set by ``make run`` itself (addresses it decided); every other ``GATEWAY_*`` variable in
+#: the environment is passed through to the gateway unchanged.
+_RUN_OWNED = ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_BOOTSTRAP_SERVERS", "GATEWAY_TOPIC",
+              "GATEWAY_INFLUXDB_URL")  # fmt: skip
+
+
+def gateway_environment(environ: Mapping[str, str], addresses: Mapping[str, str]) -> dict[str, str]:
+    """The user's ``GATEWAY_*`` settings, the InfluxDB ``make run`` started, and the query
+    API's tiers defaulting to the worker's ``METRICSFLOW_TIERS`` (they must be equal)."""
+    env = {k: v for k, v in environ.items() if k.startswith("GATEWAY_") and k not in _RUN_OWNED}
+    if "influxdb" in addresses:
+        env["GATEWAY_INFLUXDB_URL"] = addresses["influxdb"]
+    if "GATEWAY_QUERY_TIERS" not in env and environ.get("METRICSFLOW_TIERS"):
+        env["GATEWAY_QUERY_TIERS"] = environ["METRICSFLOW_TIERS"]
+    return env
+
+
 def gateway_component(settings: InfraSettings, addresses: Mapping[str, str]) -> ManagedServer:
     if "kafka" not in addresses:
         raise ConfigurationError("the gateway component needs the kafka component before it")
@@ -92,9 +112,7 @@ def gateway_component(settings: InfraSettings, addresses: Mapping[str, str]) -> 
             port=_int_env("METRICSFLOW_GATEWAY_PORT", DEFAULT_GATEWAY_PORT),
             bootstrap_servers=addresses["kafka"],
             topic=os.environ.get("METRICSFLOW_KAFKA_TOPIC") or DEFAULT_TOPIC,
-            env={"GATEWAY_INFLUXDB_URL": addresses.get("influxdb", "")}
-            if "influxdb" in addresses
-            else {},
+            env=gateway_environment(os.environ, addresses),
         ),
         partitions=_int_env("METRICSFLOW_KAFKA_PARTITIONS", DEFAULT_PARTITIONS),
     )
