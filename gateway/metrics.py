@@ -28,6 +28,11 @@ class GatewayMetrics:
             registry=r,
         )
         self.records = Counter("gateway_kafka_records", "Kafka records produced.", registry=r)
+        self.producer_resets = Counter(
+            "gateway_kafka_producer_resets",
+            "Kafka producers replaced after a fatal error (e.g. out-of-order sequence).",
+            registry=r,
+        )
         self.produce_seconds = Histogram(
             "gateway_kafka_produce_seconds",
             "Time from the first send to the last ack of one request.",

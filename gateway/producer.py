@@ -10,7 +10,14 @@ from collections import defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    IllegalStateError,
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from gateway.base import KafkaUnavailableError, OverloadedError, ParsedWrite
 from gateway.metrics import GatewayMetrics
@@ -19,6 +26,18 @@ from metricsflow.model.message import encode_lines
 from metricsflow.model.partition import series_hash
 
 logger = logging.getLogger(__name__)
+
+#: Errors after which an idempotent producer cannot go on: its producer id or sequence
+#: numbers no longer match the broker's (seen after a broker restart), and aiokafka's sender
+#: routine has stopped. Only a new producer, with a new producer id, recovers; retrying
+#: with the old one fails forever.
+FATAL_PRODUCER_ERRORS: tuple[type[KafkaError], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+    IllegalStateError,
+)
 
 
 class KafkaWriter:
@@ -36,6 +55,7 @@ class KafkaWriter:
         self.inflight_bytes = 0
         self._producer: AIOKafkaProducer | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self._retiring: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -156,11 +176,33 @@ class KafkaWriter:
                     f"Kafka did not acknowledge within {deadline:g}s; retry"
                 ) from None
             except KafkaError as exc:
+                if isinstance(exc, FATAL_PRODUCER_ERRORS):
+                    self._replace_producer(producer, exc)
                 raise self._unavailable(f"Kafka error: {exc}; retry") from None
             self.metrics.produce_seconds.observe(time.perf_counter() - started)
         finally:
             if not handed_over:
                 self._release_when_settled(futures, reserved)
+
+    def _replace_producer(self, broken: AIOKafkaProducer, error: KafkaError) -> None:
+        """Retire a producer that failed fatally and connect a new one in the background;
+        requests get 503 (retry) until it is connected. Idempotent per broken producer."""
+        if self._producer is not broken:
+            return  # another request already replaced it
+        logger.error(
+            "kafka producer failed fatally error=%r: replacing it (new producer id)", error
+        )
+        self._producer = None
+        self._started.clear()
+        self.metrics.producer_resets.inc()
+        self._retiring = asyncio.create_task(self._retire(broken))
+        if self._connect_task is None or self._connect_task.done():
+            self._connect_task = asyncio.create_task(self._connect_loop())
+
+    @staticmethod
+    async def _retire(producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 10)
 
     def _release_when_settled(self, futures: list[asyncio.Future[Any]], nbytes: int) -> None:
         if not futures:

@@ -160,6 +160,7 @@ class Sender:
         self.acked: dict[tuple[str, int], float] = {}
         self.client = httpx.Client(timeout=10)
         self.last_ts = 0
+        self.batches_acked = 0
         self.max_rewrite_age_ns = int(max_rewrite_age_s * 1e9)
         self._recent: list[tuple[str, int]] = []
 
@@ -192,6 +193,7 @@ class Sender:
                 break
             time.sleep(0.2)  # 503 while Kafka is down: retry the same points
         self.acked.update(batch)
+        self.batches_acked += 1
         self._recent.extend(k for k in sorted(batch, key=lambda k: k[1]) if k[1] >= horizon)
         self.last_ts = max(self.last_ts, now)
 

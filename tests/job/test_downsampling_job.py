@@ -186,6 +186,18 @@ def labelled(metrics: dict[str, float], name: str) -> dict[str, float]:
     return {k[len(prefix) :].split('"')[1]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
+def wait_until_accepting(sender: Sender, batches: int = 20, timeout_s: float = 60) -> None:
+    """Until the gateway has acknowledged ``batches`` more of the sender's batches."""
+    start = sender.batches_acked
+    deadline = time.monotonic() + timeout_s
+    while sender.batches_acked < start + batches:
+        assert time.monotonic() < deadline, (
+            f"the gateway acknowledged {sender.batches_acked - start} batches in {timeout_s} s "
+            "after Kafka came back"
+        )
+        time.sleep(0.2)
+
+
 def wait_until_caught_up(worker: Proc, timeout_s: float = 90) -> None:
     """Until the worker reads again: every partition at most a few records behind its end
     (consumer lag, in records: a wall-clock criterion would depend on the machine's load)."""
@@ -222,6 +234,10 @@ async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bound
             time.sleep(3)
         finally:
             stack.kafka.start()
+        # the gateway accepts writes again (a producer whose sequence numbers the restarted
+        # broker refuses must be replaced, not retried forever) ...
+        wait_until_accepting(sender)
+        # ... and the worker reads them
         wait_until_caught_up(worker)
         before_rss = rss_bytes(worker.proc.pid)
         before = metrics_of(worker)
