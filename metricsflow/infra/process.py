@@ -453,18 +453,23 @@ class ProcessServer(ManagedServer):
         with self._thread_lock, file_lock(self._data_dir / f".{self.name}.lock"):
             return self._start_locked()
 
+    def _wait_healthy(self, what: str) -> None:
+        """Poll :meth:`health` until it passes, failing at once (with the log tail) if the
+        process dies, or after :attr:`start_timeout_s`."""
+        wait_until(
+            self.health,
+            timeout_s=self.start_timeout_s,
+            what=what,
+            interval_s=self.health_interval_s,
+            alive=self.is_running,
+            detail=self.log_tail,
+        )
+
     def _start_locked(self) -> bool:
         what = f"{self.name} at {self.address}"
         if self.is_running():
             # Ours and alive: it may still be starting, give it the usual deadline.
-            wait_until(
-                self.health,
-                timeout_s=self.start_timeout_s,
-                what=what,
-                interval_s=self.health_interval_s,
-                alive=self.is_running,
-                detail=self.log_tail,
-            )
+            self._wait_healthy(what)
             logger.info("already running name=%s address=%s", self.name, self.address)
             return False
         busy = [p for p in self.ports() if not port_is_free(p)]
@@ -488,14 +493,7 @@ class ProcessServer(ManagedServer):
             env=self.environment(),
         )
         try:
-            wait_until(
-                self.health,
-                timeout_s=self.start_timeout_s,
-                what=what,
-                interval_s=self.health_interval_s,
-                alive=self.is_running,
-                detail=self.log_tail,
-            )
+            self._wait_healthy(what)
             self.after_healthy()
         except BaseException:
             stop_pid_file(self.pid_file, name=self.name, timeout_s=5.0)
