@@ -25,7 +25,10 @@ If a test leaves a session server stopped, it is restarted (with a warning) afte
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -247,3 +250,21 @@ def runner_factory(tmp_path: Path) -> Callable[..., JobRunner]:
         )
 
     return make
+
+
+@pytest.fixture
+def infra_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment for an isolated ``metricsflow infra``: own dir, own free ports. Anything
+    still running at the end is stopped with ``metricsflow infra down`` (by PID files)."""
+    kafka, controller, influx, rpc = free_ports(4)
+    env = {
+        **os.environ,
+        "METRICSFLOW_INFRA_DIR": str(tmp_path / "run"),
+        "METRICSFLOW_KAFKA_PORT": str(kafka),
+        "METRICSFLOW_KAFKA_CONTROLLER_PORT": str(controller),
+        "METRICSFLOW_INFLUXDB_PORT": str(influx),
+        "METRICSFLOW_INFLUXDB_RPC_PORT": str(rpc),
+    }
+    yield env
+    metricsflow = str(Path(sys.executable).with_name("metricsflow"))
+    subprocess.run([metricsflow, "infra", "down"], env=env, capture_output=True, check=False)

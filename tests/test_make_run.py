@@ -9,7 +9,6 @@ alone and checks that every process it started is gone.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import time
@@ -32,16 +31,11 @@ def _pid(infra_dir: Path, name: str) -> int:
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_make_run_prints_the_ready_line_serves_every_component_and_stops_on_sigint(
-    tmp_path: Path,
+    infra_env: dict[str, str],
 ) -> None:
-    kafka, controller, influx, rpc, gateway, worker = free_ports(6)
+    gateway, worker = free_ports(2)
     env = {
-        **os.environ,
-        "METRICSFLOW_INFRA_DIR": str(tmp_path / "run"),
-        "METRICSFLOW_KAFKA_PORT": str(kafka),
-        "METRICSFLOW_KAFKA_CONTROLLER_PORT": str(controller),
-        "METRICSFLOW_INFLUXDB_PORT": str(influx),
-        "METRICSFLOW_INFLUXDB_RPC_PORT": str(rpc),
+        **infra_env,
         "METRICSFLOW_GATEWAY_PORT": str(gateway),
         "METRICSFLOW_WORKER_PORT": str(worker),
         "METRICSFLOW_KAFKA_TOPIC": "make-run-metrics",
@@ -61,12 +55,12 @@ def test_make_run_prints_the_ready_line_serves_every_component_and_stops_on_sigi
             pytest.fail("make run ended without the ready line:\n" + "".join(seen[-40:]))
         addresses = dict(part.split("=", 1) for part in line.split()[2:])
         assert list(addresses) == list(COMPONENTS)
-        assert addresses["kafka"] == f"127.0.0.1:{kafka}"
+        assert addresses["kafka"] == f"127.0.0.1:{infra_env['METRICSFLOW_KAFKA_PORT']}"
         assert addresses["gateway"] == f"http://127.0.0.1:{gateway}"
 
         asyncio.run(_probe(addresses))
 
-        pids = {name: _pid(tmp_path / "run", name) for name in COMPONENTS}
+        pids = {name: _pid(Path(infra_env["METRICSFLOW_INFRA_DIR"]), name) for name in COMPONENTS}
         make.send_signal(signal.SIGINT)
         make.wait(timeout=90)
         for name, pid in pids.items():

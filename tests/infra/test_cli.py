@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from metricsflow.infra.process import free_ports, pid_alive, read_pid_file
+from metricsflow.infra.process import pid_alive, read_pid_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 METRICSFLOW = str(Path(sys.executable).with_name("metricsflow"))
-
-
-@pytest.fixture
-def infra_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Environment for an isolated ``metricsflow infra``: own dir, own free ports. Anything
-    still running at the end is stopped with ``metricsflow infra down`` (by PID files)."""
-    kafka, controller, influx, rpc = free_ports(4)
-    env = {
-        **os.environ,
-        "METRICSFLOW_INFRA_DIR": str(tmp_path / "run"),
-        "METRICSFLOW_KAFKA_PORT": str(kafka),
-        "METRICSFLOW_KAFKA_CONTROLLER_PORT": str(controller),
-        "METRICSFLOW_INFLUXDB_PORT": str(influx),
-        "METRICSFLOW_INFLUXDB_RPC_PORT": str(rpc),
-    }
-    yield env
-    subprocess.run([METRICSFLOW, "infra", "down"], env=env, capture_output=True, check=False)
 
 
 def _infra(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
