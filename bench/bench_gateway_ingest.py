@@ -150,8 +150,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
         root = Path(tmp)
         kport, cport, iport, rport = free_ports(4)
-        kafka = KafkaServer(KafkaConfig(data_dir=root / "kafka", cache_dir=default_cache_dir(),
-                                        port=kport, controller_port=cport))  # fmt: skip
+        kafka = KafkaServer(
+            KafkaConfig(
+                data_dir=root / "kafka",
+                cache_dir=default_cache_dir(),
+                port=kport,
+                controller_port=cport,
+            )
+        )
         influx = InfluxDBServer(
             InfluxDBConfig(data_dir=root / "influx", port=iport, rpc_port=rport)
         )
@@ -165,9 +171,15 @@ def main() -> None:
                 topic = f"bench-{workers}"
                 asyncio.run(create_topic(kafka.bootstrap, topic, args.partitions))
                 (gport,) = free_ports(1)
-                gw = GatewayServer(GatewayConfig(data_dir=root / f"gw{workers}", port=gport,
-                                                 bootstrap_servers=kafka.bootstrap, topic=topic,
-                                                 workers=workers))  # fmt: skip
+                gw = GatewayServer(
+                    GatewayConfig(
+                        data_dir=root / f"gw{workers}",
+                        port=gport,
+                        bootstrap_servers=kafka.bootstrap,
+                        topic=topic,
+                        workers=workers,
+                    )
+                )
                 gw.start()
                 try:
                     res = asyncio.run(drive(f"{gw.url}/write?db=bench", batches, args.concurrency))
@@ -183,12 +195,16 @@ def main() -> None:
     influx_rate = results["runs"]["influxdb_1.6.7"]["points_per_s"]
     for res in results["runs"].values():
         res["ratio_vs_influxdb"] = round(res["points_per_s"] / influx_rate, 2)
-    print(f"\nGateway ingest: {args.batches} batches x {BATCH_LINES} lines, "
-          f"{args.concurrency} concurrent clients, {args.partitions} partitions")  # fmt: skip
+    print(
+        f"\nGateway ingest: {args.batches} batches x {BATCH_LINES} lines, "
+        f"{args.concurrency} concurrent clients, {args.partitions} partitions"
+    )
     print(f"{'target':<18}{'points/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'vs influx':>11}  statuses")
     for name, res in results["runs"].items():
-        print(f"{name:<18}{res['points_per_s']:>12,}{res['p50_ms']:>10}{res['p99_ms']:>10}"
-              f"{res['ratio_vs_influxdb']:>11}  {res['statuses']}")  # fmt: skip
+        print(
+            f"{name:<18}{res['points_per_s']:>12,}{res['p50_ms']:>10}{res['p99_ms']:>10}"
+            f"{res['ratio_vs_influxdb']:>11}  {res['statuses']}"
+        )
     print("\nparsers (one batch, best of 3):")
     for name, value in results["parsers"].items():
         print(f"  {name:<45}{value:>12,}")

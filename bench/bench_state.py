@@ -47,8 +47,16 @@ def series_key(i: int) -> bytes:
 def aggregate(i: int) -> dict[str, Any]:
     v = float(i % 1000) / 7.0
     ts = 1_700_000_000_000_000_000 + i
-    return {"count": 12, "sum": v * 12, "min": v - 1, "max": v + 1, "first": v, "last": v,
-            "first_ts": ts, "last_ts": ts + 55_000_000_000}  # fmt: skip
+    return {
+        "count": 12,
+        "sum": v * 12,
+        "min": v - 1,
+        "max": v + 1,
+        "first": v,
+        "last": v,
+        "first_ts": ts,
+        "last_ts": ts + 55_000_000_000,
+    }
 
 
 def fill(backend: KeyedStateBackend, n: int) -> None:
@@ -122,9 +130,9 @@ def time_snapshot(kind: str, n: int, workdir: str, *, incremental: bool) -> dict
         result["second_async_s"] = time.perf_counter() - started
         first_paths = {s.path for h in handles for s in h.shared}
         result["second_new_bytes"] = float(
-            sum(h.size for h in second) - sum(s.size for h in second for s in h.shared
-                                              if s.path in first_paths)
-        )  # fmt: skip
+            sum(h.size for h in second)
+            - sum(s.size for h in second for s in h.shared if s.path in first_paths)
+        )
     backend.close()
     shutil.rmtree(storage._root, ignore_errors=True)
     return result
@@ -207,8 +215,10 @@ def print_table(results: dict[str, Any]) -> None:
         label = "tracemalloc" if kind == "heap" else "on disk after compaction"
         print(f"  {kind:8s} {value:8.0f} B   ({label})")
     print("\nsnapshot of N entries: synchronous pause, asynchronous part, size")
-    print(f"  {'backend':8s} {'mode':12s} {'entries':>9s} {'sync ms':>9s} {'async s':>8s} "
-          f"{'MiB':>7s} {'COW ms':>7s}")  # fmt: skip
+    print(
+        f"  {'backend':8s} {'mode':12s} {'entries':>9s} {'sync ms':>9s} {'async s':>8s} "
+        f"{'MiB':>7s} {'COW ms':>7s}"
+    )
     for row in results["snapshot"]:
         mode = "incremental" if row["incremental"] else "full"
         print(

@@ -287,9 +287,13 @@ def run_metricsflow(
     finally:
         proc.stop()
     samples = next(
-        (float(ln.split()[-1]) for ln in metrics.splitlines()
-         if ln.startswith("metricsflow_worker_samples_in_total")), 0.0,
-    )  # fmt: skip
+        (
+            float(ln.split()[-1])
+            for ln in metrics.splitlines()
+            if ln.startswith("metricsflow_worker_samples_in_total")
+        ),
+        0.0,
+    )
     return {"wall_s": wall, "cpu_s": cpu, "samples_in": samples, **steady}
 
 
@@ -300,10 +304,19 @@ def run_quix(
     influx.create(db)
     t_start = time.monotonic()
     proc = spawn(
-        [sys.executable, __file__, "--quix-app", kafka.bootstrap, topic.name, influx.url, db,
-         str(tmp / f"quix-state-{rep}")],
-        {}, tmp / f"{db}.log",
-    )  # fmt: skip
+        [
+            sys.executable,
+            __file__,
+            "--quix-app",
+            kafka.bootstrap,
+            topic.name,
+            influx.url,
+            db,
+            str(tmp / f"quix-state-{rep}"),
+        ],
+        {},
+        tmp / f"{db}.log",
+    )
     try:
         steady = wait_done(influx, db, topic, proc, timeout_s)
         wall = time.monotonic() - t_start
@@ -632,16 +645,22 @@ def main(argv: list[str] | None = None) -> int:
             round(a["points_per_cpu_s"] / b["points_per_cpu_s"], 1)
             for a, b in zip(by["metricsflow worker"], by["Quix Streams app"], strict=False)
         ]
-    print(f"\n{'contender':22} {'rep':>3} {'wall s':>8} {'CPU s':>8} {'points/s':>10} "
-          f"{'points/CPU-s':>13} {'steady pts/CPU-s':>17}")  # fmt: skip
+    print(
+        f"\n{'contender':22} {'rep':>3} {'wall s':>8} {'CPU s':>8} {'points/s':>10} "
+        f"{'points/CPU-s':>13} {'steady pts/CPU-s':>17}"
+    )
     for r in rows:
-        print(f"{r['contender']:22} {r['rep']:3} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} "
-              f"{r['points_per_s']:10,} {r['points_per_cpu_s']:13,} "
-              f"{r['steady_points_per_cpu_s']:17,}")  # fmt: skip
+        print(
+            f"{r['contender']:22} {r['rep']:3} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} "
+            f"{r['points_per_s']:10,} {r['points_per_cpu_s']:13,} "
+            f"{r['steady_points_per_cpu_s']:17,}"
+        )
     if "ratio_per_cpu_s" in summary:
-        print(f"metricsflow / Quix: {summary['ratio_per_cpu_s']}x per CPU-second "
-              f"({summary['ratio_steady_per_cpu_s']}x without start-up), "
-              f"{summary['ratio_wall']}x wall clock")  # fmt: skip
+        print(
+            f"metricsflow / Quix: {summary['ratio_per_cpu_s']}x per CPU-second "
+            f"({summary['ratio_steady_per_cpu_s']}x without start-up), "
+            f"{summary['ratio_wall']}x wall clock"
+        )
     if latency is not None:
         print("\nlatency (gateway 204 -> visible):")
         for k, v in latency.items():

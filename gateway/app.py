@@ -290,8 +290,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     ) -> Response:
         factor = PRECISION_V1.get(precision or "n")
         parser = _lp_parser(request.app.state.settings, factor) if factor else None
-        return await ingest(request, endpoint="v1_write", style="v1", db=db, rp=rp or None,
-                            parser=parser, password=p)  # fmt: skip
+        return await ingest(
+            request,
+            endpoint="v1_write",
+            style="v1",
+            db=db,
+            rp=rp or None,
+            parser=parser,
+            password=p,
+        )
 
     @app.post("/api/v2/write")
     async def write_v2(
@@ -303,16 +310,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         factor = PRECISION_V2.get(precision or "ns")
         parser = _lp_parser(request.app.state.settings, factor) if factor else None
         db, _, rp = (bucket or "").partition("/")
-        return await ingest(request, endpoint="v2_write", style="v2", db=db, rp=rp or None,
-                            parser=parser)  # fmt: skip
+        return await ingest(
+            request, endpoint="v2_write", style="v2", db=db, rp=rp or None, parser=parser
+        )
 
     @app.post("/api/v1/write")
     async def write_prometheus(request: Request, db: OptStr = None) -> Response:
         s: GatewaySettings = request.app.state.settings
         return await ingest(
-            request, endpoint="remote_write", style="v1",
-            db=db or s.prometheus_db, rp=None, parser=None, snappy=True,
-        )  # fmt: skip
+            request,
+            endpoint="remote_write",
+            style="v1",
+            db=db or s.prometheus_db,
+            rp=None,
+            parser=None,
+            snappy=True,
+        )
 
     @app.post("/api/v1/json")
     async def write_json(
@@ -324,11 +337,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if factor:
 
             def parser(body: bytes, received_ns: int) -> tuple[list[str], list[str]]:
-                return parse_json_points(body, precision_factor=factor,
-                                         default_time_ns=received_ns, limits=s.limits)  # fmt: skip
+                return parse_json_points(
+                    body, precision_factor=factor, default_time_ns=received_ns, limits=s.limits
+                )
 
-        return await ingest(request, endpoint="json", style="v1", db=db, rp=rp or None,
-                            parser=parser)  # fmt: skip
+        return await ingest(
+            request, endpoint="json", style="v1", db=db, rp=rp or None, parser=parser
+        )
 
     @app.api_route("/ping", methods=["GET", "HEAD"])
     async def ping() -> Response:

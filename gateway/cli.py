@@ -26,8 +26,13 @@ def gateway(
     from gateway.settings import GatewaySettings
 
     # Options become environment variables so that every uvicorn worker process sees them.
-    for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers),
-                        ("BOOTSTRAP_SERVERS", bootstrap_servers), ("TOPIC", topic)):  # fmt: skip
+    for name, value in (
+        ("HOST", host),
+        ("PORT", port),
+        ("WORKERS", workers),
+        ("BOOTSTRAP_SERVERS", bootstrap_servers),
+        ("TOPIC", topic),
+    ):
         if value is not None:
             os.environ[f"GATEWAY_{name}"] = str(value)
     settings = GatewaySettings()

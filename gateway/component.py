@@ -88,8 +88,13 @@ class RunGatewayServer(GatewayServer):
 
 #: Set by ``make run`` itself (addresses it decided); every other ``GATEWAY_*`` variable in
 #: the environment is passed through to the gateway unchanged.
-_RUN_OWNED = ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_BOOTSTRAP_SERVERS", "GATEWAY_TOPIC",
-              "GATEWAY_INFLUXDB_URL")  # fmt: skip
+_RUN_OWNED = (
+    "GATEWAY_HOST",
+    "GATEWAY_PORT",
+    "GATEWAY_BOOTSTRAP_SERVERS",
+    "GATEWAY_TOPIC",
+    "GATEWAY_INFLUXDB_URL",
+)
 
 
 def gateway_environment(environ: Mapping[str, str], addresses: Mapping[str, str]) -> dict[str, str]:

@@ -43,16 +43,22 @@ def _build_write_request_class() -> Any:
             if type_name:
                 f.type_name = type_name
 
-    message("Label", [("name", 1, _F.TYPE_STRING, None, False),
-                      ("value", 2, _F.TYPE_STRING, None, False)])  # fmt: skip
-    message("Sample", [("value", 1, _F.TYPE_DOUBLE, None, False),
-                       ("timestamp", 2, _F.TYPE_INT64, None, False)])  # fmt: skip
-    message("TimeSeries", [
-        ("labels", 1, _F.TYPE_MESSAGE, ".prometheus.Label", True),
-        ("samples", 2, _F.TYPE_MESSAGE, ".prometheus.Sample", True),
-    ])  # fmt: skip
-    message("WriteRequest",
-            [("timeseries", 1, _F.TYPE_MESSAGE, ".prometheus.TimeSeries", True)])  # fmt: skip
+    message(
+        "Label",
+        [("name", 1, _F.TYPE_STRING, None, False), ("value", 2, _F.TYPE_STRING, None, False)],
+    )
+    message(
+        "Sample",
+        [("value", 1, _F.TYPE_DOUBLE, None, False), ("timestamp", 2, _F.TYPE_INT64, None, False)],
+    )
+    message(
+        "TimeSeries",
+        [
+            ("labels", 1, _F.TYPE_MESSAGE, ".prometheus.Label", True),
+            ("samples", 2, _F.TYPE_MESSAGE, ".prometheus.Sample", True),
+        ],
+    )
+    message("WriteRequest", [("timeseries", 1, _F.TYPE_MESSAGE, ".prometheus.TimeSeries", True)])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("prometheus.WriteRequest"))

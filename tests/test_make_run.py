@@ -41,9 +41,13 @@ def test_make_run_prints_the_ready_line_serves_every_component_and_stops_on_sigi
         "METRICSFLOW_KAFKA_TOPIC": "make-run-metrics",
     }
     make = subprocess.Popen(
-        ["make", "--no-print-directory", "run"], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        ["make", "--no-print-directory", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen: list[str] = []
     try:
         assert make.stdout is not None

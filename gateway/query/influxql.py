@@ -63,9 +63,21 @@ _UNITS_LONGEST_FIRST = ("ns", "ms", "u", "µ", "s", "m", "h", "d", "w")
 _OPERATORS = ("=~", "!~", "!=", "<>", "<=", ">=", "::", "=", "<", ">", "+", "-", "*", "/", "%")
 
 TokenKind = Literal[
-    "IDENT", "QIDENT", "STRING", "INTEGER", "NUMBER", "DURATION", "REGEX", "OP", "LPAREN",
-    "RPAREN", "COMMA", "DOT", "SEMI", "EOF",
-]  # fmt: skip
+    "IDENT",
+    "QIDENT",
+    "STRING",
+    "INTEGER",
+    "NUMBER",
+    "DURATION",
+    "REGEX",
+    "OP",
+    "LPAREN",
+    "RPAREN",
+    "COMMA",
+    "DOT",
+    "SEMI",
+    "EOF",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +182,12 @@ class Lexer:
             self.pos = match.end()
             return Token("IDENT", match.group(), start, match.group())
         simple: dict[str, TokenKind] = {
-            "(": "LPAREN", ")": "RPAREN", ",": "COMMA", ".": "DOT", ";": "SEMI"
-        }  # fmt: skip
+            "(": "LPAREN",
+            ")": "RPAREN",
+            ",": "COMMA",
+            ".": "DOT",
+            ";": "SEMI",
+        }
         if ch in simple:
             self.pos = start + 1
             return Token(simple[ch], ch, start)
@@ -230,10 +246,21 @@ class Lexer:
 _PRECEDENCE: dict[str, int] = {
     "OR": 1,
     "AND": 2,
-    "=": 4, "!=": 4, "<>": 4, "<": 4, "<=": 4, ">": 4, ">=": 4, "=~": 4, "!~": 4,
-    "+": 5, "-": 5,
-    "*": 6, "/": 6, "%": 6,
-}  # fmt: skip
+    "=": 4,
+    "!=": 4,
+    "<>": 4,
+    "<": 4,
+    "<=": 4,
+    ">": 4,
+    ">=": 4,
+    "=~": 4,
+    "!~": 4,
+    "+": 5,
+    "-": 5,
+    "*": 6,
+    "/": 6,
+    "%": 6,
+}
 _FILL_WORDS = {"NULL": "null", "NONE": "none", "PREVIOUS": "previous", "LINEAR": "linear"}
 
 

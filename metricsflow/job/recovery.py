@@ -84,7 +84,10 @@ class ClusterRecovery:
             logger.info(
                 "key group restore chosen key_group=%d checkpoint_id=%d savepoint=%s offset=%d "
                 "candidates=%d",
-                kg, best.metadata.checkpoint_id, best.metadata.is_savepoint,
-                _offset(best, self.source_uid), len(options),
-            )  # fmt: skip
+                kg,
+                best.metadata.checkpoint_id,
+                best.metadata.is_savepoint,
+                _offset(best, self.source_uid),
+                len(options),
+            )
         return RestorePlan(chosen, allow_non_restored_state=self.allow_non_restored_state)

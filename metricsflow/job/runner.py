@@ -79,9 +79,10 @@ class RunnerConfig:
     def build_restart_strategy(self) -> RestartStrategy:
         if self.restart_strategy == "failure-rate":
             return FailureRateRestartStrategy(
-                self.restart_max_failures_per_interval, self.restart_failure_rate_interval_s,
+                self.restart_max_failures_per_interval,
+                self.restart_failure_rate_interval_s,
                 self.restart_delay_s,
-            )  # fmt: skip
+            )
         if self.restart_strategy == "fixed-delay":
             return FixedDelayRestartStrategy(self.restart_attempts, self.restart_delay_s)
         if self.restart_strategy == "none":
@@ -104,16 +105,21 @@ class LatePointsFile:
     def write(self, batch: RecordBatch) -> None:
         rows = [
             orjson.dumps({"key": batch.keys[k], "ts_ns": t, "value": v}) + b"\n"
-            for k, t, v in zip(batch.key_idx.tolist(), batch.ts_ns.tolist(),
-                               batch.values.tolist(), strict=True)
-        ]  # fmt: skip
+            for k, t, v in zip(
+                batch.key_idx.tolist(), batch.ts_ns.tolist(), batch.values.tolist(), strict=True
+            )
+        ]
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
             with self.path.open("ab") as f:
                 f.writelines(rows)
             self.points += len(rows)
-        logger.warning("late points beyond allowed lateness key_group=%d points=%d file=%s",
-                       batch.key_group, len(rows), self.path)  # fmt: skip
+        logger.warning(
+            "late points beyond allowed lateness key_group=%d points=%d file=%s",
+            batch.key_group,
+            len(rows),
+            self.path,
+        )
 
 
 class DownsamplingRunner:
@@ -127,9 +133,11 @@ class DownsamplingRunner:
         root.mkdir(parents=True, exist_ok=True)
         self.storage = FsCheckpointStorage(str(root))
         self.recovery = ClusterRecovery(
-            config.checkpoint_dir, SOURCE_UID, savepoint=config.from_savepoint,
+            config.checkpoint_dir,
+            SOURCE_UID,
+            savepoint=config.from_savepoint,
             allow_non_restored_state=config.allow_non_restored_state,
-        )  # fmt: skip
+        )
         self.restart_strategy = config.build_restart_strategy()
         self.restarts = 0
         self.last_failure = ""
@@ -192,15 +200,20 @@ class DownsamplingRunner:
                         await asyncio.gather(job_task, return_exceptions=True)
                     if self._stopping or not self.restart_strategy.can_restart(time.monotonic()):
                         self.state = "FAILED"
-                        logger.error("job failed, not restarting restarts=%d error=%r",
-                                     self.restarts, exc)  # fmt: skip
+                        logger.error(
+                            "job failed, not restarting restarts=%d error=%r", self.restarts, exc
+                        )
                         raise
                     self.restarts += 1
                     self.last_failure = repr(exc)
                     self.state = "RESTARTING"
                     delay = self.restart_strategy.delay_s
-                    logger.warning("job failed, restarting in-process restart=%d delay_s=%.1f "
-                                   "error=%r", self.restarts, delay, exc)  # fmt: skip
+                    logger.warning(
+                        "job failed, restarting in-process restart=%d delay_s=%.1f error=%r",
+                        self.restarts,
+                        delay,
+                        exc,
+                    )
                     await asyncio.sleep(delay)
                     async with self._lock:
                         self._replace_job()
@@ -223,8 +236,9 @@ class DownsamplingRunner:
             if owned:
                 plan = await asyncio.to_thread(self.recovery.plan, owned)
                 await self.job.assign_key_groups(owned, plan)
-            logger.info("job restarted in-process key_groups=%s restarts=%d", sorted(owned),
-                        self.restarts)  # fmt: skip
+            logger.info(
+                "job restarted in-process key_groups=%s restarts=%d", sorted(owned), self.restarts
+            )
 
     async def stop_with_savepoint(self) -> CompletedCheckpoint:
         """Take a savepoint, then stop the job (``run`` returns)."""
@@ -291,11 +305,18 @@ class DownsamplingRunner:
                     if k_db != db or k_series != series_key:
                         continue
                     n = int(batch.count[i])
-                    rows.append({
-                        "field": k_field, "window_start_ns": int(batch.window_start_ns[i]),
-                        "count": n, "sum": float(batch.sum[i]), "min": float(batch.min[i]),
-                        "max": float(batch.max[i]), "mean": float(batch.sum[i]) / n if n else None,
-                        "first": float(batch.first[i]), "last": float(batch.last[i]),
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "field": k_field,
+                            "window_start_ns": int(batch.window_start_ns[i]),
+                            "count": n,
+                            "sum": float(batch.sum[i]),
+                            "min": float(batch.min[i]),
+                            "max": float(batch.max[i]),
+                            "mean": float(batch.sum[i]) / n if n else None,
+                            "first": float(batch.first[i]),
+                            "last": float(batch.last[i]),
+                        }
+                    )
             tiers[op.tier.name] = rows
         return {"db": db, "series_key": series_key, "key_group": kg, "tiers": tiers}

@@ -139,9 +139,12 @@ def decode_columnar(value: bytes, interner: KeyInterner | None = None) -> Column
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         before = value[: exc.start]
-        raise RecordFormatError("invalid UTF-8", line=before.count(b"\n") + 1,
-                                column=exc.start - (before.rfind(b"\n") + 1) + 1,
-                                text=repr(value[exc.start : exc.start + 4])) from None  # fmt: skip
+        raise RecordFormatError(
+            "invalid UTF-8",
+            line=before.count(b"\n") + 1,
+            column=exc.start - (before.rfind(b"\n") + 1) + 1,
+            text=repr(value[exc.start : exc.start + 4]),
+        ) from None
     if interner is None:
         interner = KeyInterner()
     rows = _RECORD_RE.findall(text)
@@ -199,11 +202,17 @@ def _from_rows(
     if t_col and (max(t_col) > MAX_TIME_NS or min(t_col) < MIN_TIME_NS):
         return _slow(raw.decode("utf-8"), raw, interner)  # the exact parser names the bad ts
     return ColumnarChunk(
-        series_keys, field_keys,
-        np.array(s_col, dtype=np.int32), np.array(f_col, dtype=np.int32),
-        np.array(t_col, dtype=np.int64), np.array(v_col, dtype=np.float64),
-        np.array(k_col, dtype=np.uint8), len(rows), non_numeric, raw,
-    )  # fmt: skip
+        series_keys,
+        field_keys,
+        np.array(s_col, dtype=np.int32),
+        np.array(f_col, dtype=np.int32),
+        np.array(t_col, dtype=np.int64),
+        np.array(v_col, dtype=np.float64),
+        np.array(k_col, dtype=np.uint8),
+        len(rows),
+        non_numeric,
+        raw,
+    )
 
 
 def _slow(text: str, raw: bytes, interner: KeyInterner) -> ColumnarChunk:
@@ -223,8 +232,9 @@ def _slow(text: str, raw: bytes, interner: KeyInterner) -> ColumnarChunk:
         try:
             p = parse_line(line, lineno=lineno)
         except ParseError as exc:
-            raise RecordFormatError(exc.reason, line=exc.line, column=exc.column,
-                                    text=exc.text) from None  # fmt: skip
+            raise RecordFormatError(
+                exc.reason, line=exc.line, column=exc.column, text=exc.text
+            ) from None
         if p is None:
             continue
         points += 1
@@ -242,17 +252,26 @@ def _slow(text: str, raw: bytes, interner: KeyInterner) -> ColumnarChunk:
                 f = fk_index[k] = len(field_keys)
                 field_keys.append(k)
             kind = (
-                KIND_UNSIGNED if isinstance(v, Unsigned)
-                else KIND_INTEGER if isinstance(v, int) else KIND_FLOAT
-            )  # fmt: skip
+                KIND_UNSIGNED
+                if isinstance(v, Unsigned)
+                else KIND_INTEGER
+                if isinstance(v, int)
+                else KIND_FLOAT
+            )
             s_col.append(s)
             f_col.append(f)
             t_col.append(p.time_ns)
             v_col.append(float(v))
             k_col.append(kind)
     return ColumnarChunk(
-        series_keys, field_keys,
-        np.array(s_col, dtype=np.int32), np.array(f_col, dtype=np.int32),
-        np.array(t_col, dtype=np.int64), np.array(v_col, dtype=np.float64),
-        np.array(k_col, dtype=np.uint8), points, non_numeric, raw,
-    )  # fmt: skip
+        series_keys,
+        field_keys,
+        np.array(s_col, dtype=np.int32),
+        np.array(f_col, dtype=np.int32),
+        np.array(t_col, dtype=np.int64),
+        np.array(v_col, dtype=np.float64),
+        np.array(k_col, dtype=np.uint8),
+        points,
+        non_numeric,
+        raw,
+    )

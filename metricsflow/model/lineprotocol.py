@@ -43,13 +43,21 @@ from metricsflow.model.point import (
 )
 
 PRECISION_V1: Final[dict[str, int]] = {
-    "n": 1, "ns": 1, "u": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-    "m": 60_000_000_000, "h": 3_600_000_000_000,
-}  # fmt: skip
+    "n": 1,
+    "ns": 1,
+    "u": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
 """v1 ``/write`` precision names (``ns`` is accepted too, as InfluxDB 1.x does)."""
 PRECISION_V2: Final[dict[str, int]] = {
-    "ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-}  # fmt: skip
+    "ns": 1,
+    "us": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+}
 """v2 ``/api/v2/write`` precision names."""
 
 _TRUE: Final = frozenset({"t", "T", "true", "True", "TRUE"})
@@ -184,8 +192,9 @@ def _parse_value(raw: str, key: str, lineno: int, col: int) -> FieldValue:
         return True
     if raw in _FALSE:
         return False
-    raise ParseError(f"invalid field value '{raw}' for field '{key}'", line=lineno, column=col,
-                     text=raw)  # fmt: skip
+    raise ParseError(
+        f"invalid field value '{raw}' for field '{key}'", line=lineno, column=col, text=raw
+    )
 
 
 def parse_line(
@@ -274,8 +283,11 @@ def parse_line(
             while k < n and line[k] != '"':
                 k += 2 if line[k] == "\\" else 1
             if k >= n:
-                raise err(f"unterminated string field value for field '{key}'", vstart,
-                          line[vstart : vstart + 40])  # fmt: skip
+                raise err(
+                    f"unterminated string field value for field '{key}'",
+                    vstart,
+                    line[vstart : vstart + 40],
+                )
             raw_str = line[vstart + 1 : k]
             value: FieldValue = _unescape(raw_str, '"\\')
             i = k + 1
@@ -341,8 +353,13 @@ def parse(
     """Parse a whole body exactly; the first bad line raises :class:`ParseError`."""
     points: list[Point] = []
     for n, line in enumerate(split_lines(body), 1):
-        p = parse_line(line, lineno=n, precision_factor=precision_factor,
-                       default_time_ns=default_time_ns, limits=limits)  # fmt: skip
+        p = parse_line(
+            line,
+            lineno=n,
+            precision_factor=precision_factor,
+            default_time_ns=default_time_ns,
+            limits=limits,
+        )
         if p is not None:
             points.append(p)
     return points
@@ -476,8 +493,13 @@ def canonicalize(
                     continue
         # exact path: anything unusual, and every error
         line = lines[lineno - 1]
-        p = parse_line(line, lineno=lineno, precision_factor=precision_factor,
-                       default_time_ns=default_time_ns, limits=limits)  # fmt: skip
+        p = parse_line(
+            line,
+            lineno=lineno,
+            precision_factor=precision_factor,
+            default_time_ns=default_time_ns,
+            limits=limits,
+        )
         if p is not None:
             sk = series_key(p.measurement, p.tags)
             keys.append(sk)

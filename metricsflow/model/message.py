@@ -177,8 +177,9 @@ def decode_points(value: bytes) -> list[Point]:
         try:
             p = parse_line(line, lineno=n)
         except ParseError as exc:
-            raise RecordFormatError(exc.reason, line=exc.line, column=exc.column,
-                                    text=exc.text) from None  # fmt: skip
+            raise RecordFormatError(
+                exc.reason, line=exc.line, column=exc.column, text=exc.text
+            ) from None
         if p is not None:
             points.append(p)
     return points

@@ -80,8 +80,14 @@ class DeadLetterFile:
                 os.close(fd)
         logger.error(
             "influxdb dead letter db=%s rp=%s reason=%s status=%s points=%d error=%s file=%s",
-            db, rp, reason, status, len(lines), error[:300], self.path,
-        )  # fmt: skip
+            db,
+            rp,
+            reason,
+            status,
+            len(lines),
+            error[:300],
+            self.path,
+        )
 
 
 def read_dead_letters(directory: Path) -> list[dict[str, object]]:

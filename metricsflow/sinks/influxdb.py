@@ -105,8 +105,15 @@ class InfluxDBSinkConfig:
 
 
 _GO_DURATION = re.compile(r"(\d+)(ns|us|µs|ms|h|m|s)")
-_GO_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-             "m": 60_000_000_000, "h": 3_600_000_000_000}  # fmt: skip
+_GO_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
 
 
 def go_duration_ns(text: str) -> int:
@@ -168,8 +175,9 @@ class InfluxDBClient:
         if resp.status_code >= 500 or resp.status_code in (401, 403):
             raise InfluxDBWriteError(
                 f"query {q!r}: HTTP {resp.status_code} {resp.text[:200]}",
-                status=resp.status_code, retriable=True,
-            )  # fmt: skip
+                status=resp.status_code,
+                retriable=True,
+            )
         body = resp.json()
         results: list[dict[str, object]] = body.get("results", [])
         for result in results:
@@ -177,9 +185,10 @@ class InfluxDBClient:
                 raise InfluxDBWriteError(f"query {q!r}: {result['error']}", retriable=False)
         if resp.status_code != 200:
             raise InfluxDBWriteError(
-                f"query {q!r}: HTTP {resp.status_code} {body}", status=resp.status_code,
+                f"query {q!r}: HTTP {resp.status_code} {body}",
+                status=resp.status_code,
                 retriable=False,
-            )  # fmt: skip
+            )
         return results
 
     def write(self, db: str, rp: str, body: bytes) -> httpx.Response:
@@ -189,9 +198,11 @@ class InfluxDBClient:
             headers["Content-Encoding"] = "gzip"
         try:
             return self._http.post(
-                "/write", params={"db": db, "rp": rp, "precision": "n"}, content=body,
+                "/write",
+                params={"db": db, "rp": rp, "precision": "n"},
+                content=body,
                 headers=headers,
-            )  # fmt: skip
+            )
         except httpx.TransportError as exc:
             raise InfluxDBWriteError(f"write failed: {exc!r}", retriable=True) from exc
 
@@ -207,8 +218,10 @@ def ensure_database(client: InfluxDBClient, db: str, tiers: Sequence[TierSpec]) 
             columns = series["columns"]
             for row in series.get("values", []):
                 rec = dict(zip(columns, row, strict=False))
-                existing[str(rec["name"])] = (go_duration_ns(str(rec["duration"])),
-                                              bool(rec["default"]))  # fmt: skip
+                existing[str(rec["name"])] = (
+                    go_duration_ns(str(rec["duration"])),
+                    bool(rec["default"]),
+                )
     for tier in tiers:
         default = " DEFAULT" if tier.name == RAW_TIER else ""
         duration = influxql_duration(tier)
@@ -218,16 +231,14 @@ def ensure_database(client: InfluxDBClient, db: str, tiers: Sequence[TierSpec]) 
                 f"CREATE RETENTION POLICY {name} ON {quote_ident(db)} DURATION {duration} "
                 f"REPLICATION 1{default}"
             )
-            logger.info("created retention policy db=%s rp=%s duration=%s", db, tier.name,
-                        duration)  # fmt: skip
+            logger.info("created retention policy db=%s rp=%s duration=%s", db, tier.name, duration)
         elif existing[tier.name][0] != tier.retention_ns or (
             default and not existing[tier.name][1]
         ):
             client.query(
                 f"ALTER RETENTION POLICY {name} ON {quote_ident(db)} DURATION {duration}{default}"
             )
-            logger.info("altered retention policy db=%s rp=%s duration=%s", db, tier.name,
-                        duration)  # fmt: skip
+            logger.info("altered retention policy db=%s rp=%s duration=%s", db, tier.name, duration)
 
 
 class InfluxDBSink(Sink):
@@ -293,10 +304,13 @@ class InfluxDBSink(Sink):
         if not self.is_allowed(db):
             self.stats.add_dead_letters("database_not_allowed", points)
             self.dead_letters.write(
-                db=db, rp=rp, reason="database_not_allowed", status=0,
+                db=db,
+                rp=rp,
+                reason="database_not_allowed",
+                status=0,
                 error=f"database {db!r} is not allowed by the allow-list",
                 lines=chunk.split(b"\n"),
-            )  # fmt: skip
+            )
             return
         cfg = self.config
         with self._cond:
@@ -313,8 +327,10 @@ class InfluxDBSink(Sink):
             # stays free); this hard limit only stops callers that do not.
             if len(self._pending) > 4 * cfg.max_pending_requests:
                 self.stats.hard_limit_waits += 1
-                logger.warning("influxdb sink past its hard limit, blocking the caller "
-                               "pending_requests=%d", len(self._pending))  # fmt: skip
+                logger.warning(
+                    "influxdb sink past its hard limit, blocking the caller pending_requests=%d",
+                    len(self._pending),
+                )
             while len(self._pending) > 4 * cfg.max_pending_requests:
                 self._check_usable()
                 self._cond.wait(0.5)
@@ -426,14 +442,19 @@ class InfluxDBSink(Sink):
         if len(lines) <= 1:
             reason = classify_rejection(error)
             self.stats.add_dead_letters(reason, len(lines))
-            self.dead_letters.write(db=db, rp=rp, reason=reason, status=status, error=error,
-                                    lines=lines)  # fmt: skip
+            self.dead_letters.write(
+                db=db, rp=rp, reason=reason, status=status, error=error, lines=lines
+            )
             return
         half = len(lines) // 2
         logger.warning(
             "influxdb rejected a batch, bisecting db=%s rp=%s status=%s lines=%d error=%s",
-            db, rp, status, len(lines), error[:200],
-        )  # fmt: skip
+            db,
+            rp,
+            status,
+            len(lines),
+            error[:200],
+        )
         self._write_lines(db, rp, b"\n".join(lines[:half]), half)
         self._write_lines(db, rp, b"\n".join(lines[half:]), len(lines) - half)
 
@@ -486,8 +507,10 @@ class InfluxDBSink(Sink):
         sleep = state.next_action.sleep if state.next_action else 0.0
         logger.warning(
             "influxdb unavailable, retrying attempt=%d sleep_s=%.2f error=%r",
-            state.attempt_number, sleep, exc,
-        )  # fmt: skip
+            state.attempt_number,
+            sleep,
+            exc,
+        )
 
 
 def _is_retriable(exc: BaseException) -> bool:

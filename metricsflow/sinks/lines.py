@@ -43,9 +43,13 @@ def aggregate_lines(batch: AggregateBatch) -> dict[str, list[bytes]]:
         mean = s / n if n else math.nan
         parts = [f"count_{f}={n}i"]
         for name, value in (
-            ("sum", s), ("min", mins[i]), ("max", maxs[i]), ("mean", mean),
-            ("first", firsts[i]), ("last", lasts[i]),
-        ):  # fmt: skip
+            ("sum", s),
+            ("min", mins[i]),
+            ("max", maxs[i]),
+            ("mean", mean),
+            ("first", firsts[i]),
+            ("last", lasts[i]),
+        ):
             if math.isfinite(value):
                 parts.append(f"{name}_{f}={value!r}")
         line = f"{series} {','.join(parts)} {starts[i]}".encode()

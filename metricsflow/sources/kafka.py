@@ -186,14 +186,19 @@ class KafkaSource(Source):
         new = key_groups - self.assigned
         self.assigned = key_groups
         self.stats.rebalances += 1
-        logger.info("partitions assigned topic=%s partitions=%s new=%s", self.config.topic,
-                    sorted(key_groups), sorted(new))  # fmt: skip
+        logger.info(
+            "partitions assigned topic=%s partitions=%s new=%s",
+            self.config.topic,
+            sorted(key_groups),
+            sorted(new),
+        )
         if new and self.listener is not None:
             await self.listener.on_assigned(frozenset(new))
 
     async def _on_revoked(self, key_groups: frozenset[int]) -> None:
-        logger.info("partitions revoked topic=%s partitions=%s", self.config.topic,
-                    sorted(key_groups))  # fmt: skip
+        logger.info(
+            "partitions revoked topic=%s partitions=%s", self.config.topic, sorted(key_groups)
+        )
         # Eager rebalance protocol: everything is revoked, then (mostly) re-assigned. Keep the
         # state of what comes back: revoke for real only what is not re-assigned. The listener
         # cannot know yet, so it is told now and re-assignment restores from the checkpoint.
@@ -244,13 +249,18 @@ class KafkaSource(Source):
                 raise RuntimeError("the Kafka source is stopped")
             try:
                 await producer.send_and_wait(
-                    self.config.dlq_topic, value=record.value or b"", key=record.key,
+                    self.config.dlq_topic,
+                    value=record.value or b"",
+                    key=record.key,
                     headers=headers,
-                )  # fmt: skip
+                )
                 return
             except KafkaError as exc:
-                logger.warning("dead-letter produce failed, retrying topic=%s error=%r",
-                               self.config.dlq_topic, exc)  # fmt: skip
+                logger.warning(
+                    "dead-letter produce failed, retrying topic=%s error=%r",
+                    self.config.dlq_topic,
+                    exc,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -292,9 +302,13 @@ class KafkaPartitionReader(SourceReader):
             consumer.seek(self.tp, self._seek_to)
         self.next_offset = int(await consumer.position(self.tp))
         self._seek_pending = False
-        logger.info("reader positioned topic=%s partition=%d offset=%d restored=%s",
-                    self.tp.topic, self.key_group, self.next_offset,
-                    self._seek_to is not None)  # fmt: skip
+        logger.info(
+            "reader positioned topic=%s partition=%d offset=%d restored=%s",
+            self.tp.topic,
+            self.key_group,
+            self.next_offset,
+            self._seek_to is not None,
+        )
 
     async def poll(self) -> SourceElement | None:
         self._caught_up = False
@@ -378,9 +392,12 @@ class KafkaPartitionReader(SourceReader):
                 logger.error(
                     "undecodable record sent to the dead-letter topic topic=%s partition=%d "
                     "offset=%d dlq=%s error=%s",
-                    record.topic, record.partition, record.offset, self.source.config.dlq_topic,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    self.source.config.dlq_topic,
                     exc,
-                )  # fmt: skip
+                )
                 await self.source.produce_dead_letter(record, str(exc))
                 continue
             stats.points_in += cols.point_count
@@ -437,8 +454,12 @@ class KafkaPartitionReader(SourceReader):
             self.source.stats.commits += 1
         except Exception as exc:
             self.source.stats.commit_failures += 1
-            logger.info("offset commit failed (lag metric only) partition=%d offset=%d error=%r",
-                        self.key_group, offset, exc)  # fmt: skip
+            logger.info(
+                "offset commit failed (lag metric only) partition=%d offset=%d error=%r",
+                self.key_group,
+                offset,
+                exc,
+            )
 
     def close(self) -> None:
         self._closed = True

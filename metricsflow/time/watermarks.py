@@ -181,9 +181,11 @@ class WatermarkGenerator:
         timeout = self._strategy.idle_timeout_ns
         last = self._quiet_since_ns
         return (
-            timeout is not None and not self._active and last is not None
+            timeout is not None
+            and not self._active
+            and last is not None
             and now_ns - last >= timeout
-        )  # fmt: skip
+        )
 
     def snapshot(self) -> WatermarkGeneratorState:
         return WatermarkGeneratorState(self._max_ts_ns, self._watermark_ns)

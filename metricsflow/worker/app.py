@@ -26,20 +26,27 @@ logger = logging.getLogger(__name__)
 
 
 def _checkpoint_json(c: CompletedCheckpoint) -> dict[str, Any]:
-    return {"id": c.checkpoint_id, "location": c.location, "is_savepoint": c.is_savepoint,
-            "state_size": c.state_size,
-            "trigger_timestamp_ns": c.metadata.trigger_timestamp_ns}  # fmt: skip
+    return {
+        "id": c.checkpoint_id,
+        "location": c.location,
+        "is_savepoint": c.is_savepoint,
+        "state_size": c.state_size,
+        "trigger_timestamp_ns": c.metadata.trigger_timestamp_ns,
+    }
 
 
 def list_savepoints(savepoint_dir: Path) -> list[dict[str, Any]]:
     if not savepoint_dir.is_dir():
         return []
     return [
-        {"location": str(p), "complete": (p / "_metadata").is_file(),
-         "modified_ns": p.stat().st_mtime_ns}
+        {
+            "location": str(p),
+            "complete": (p / "_metadata").is_file(),
+            "modified_ns": p.stat().st_mtime_ns,
+        }
         for p in sorted(savepoint_dir.iterdir(), key=lambda p: p.stat().st_mtime_ns)
         if p.is_dir() and p.name.startswith("savepoint-")
-    ]  # fmt: skip
+    ]
 
 
 def create_app(
@@ -73,8 +80,11 @@ def create_app(
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = runner.state == "RUNNING"
-        body = {"status": "ok" if ok else "unavailable", "job_state": runner.state,
-                "influxdb_blocked": runner.sink.stats.blocked}  # fmt: skip
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "job_state": runner.state,
+            "influxdb_blocked": runner.sink.stats.blocked,
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
@@ -85,34 +95,50 @@ def create_app(
     async def overview() -> dict[str, Any]:
         coord = runner.job.coordinator
         latest = coord.latest_completed_checkpoint()
-        return {"jobs": [{
-            "name": runner.job.graph.name, "state": runner.state,
-            "worker_id": runner.config.worker_id, "start_time_ns": runner.started_ns,
-            "key_groups": sorted(runner.job.key_groups),
-            "tiers": [t.name for t in runner.config.job.tiers],
-            "points_in": runner.source.stats.points_in,
-            "points_out": runner.sink.stats.points_written,
-            "restarts": runner.restarts, "last_failure": runner.last_failure,
-            "latest_checkpoint": None if latest is None else _checkpoint_json(latest),
-        }]}  # fmt: skip
+        return {
+            "jobs": [
+                {
+                    "name": runner.job.graph.name,
+                    "state": runner.state,
+                    "worker_id": runner.config.worker_id,
+                    "start_time_ns": runner.started_ns,
+                    "key_groups": sorted(runner.job.key_groups),
+                    "tiers": [t.name for t in runner.config.job.tiers],
+                    "points_in": runner.source.stats.points_in,
+                    "points_out": runner.sink.stats.points_written,
+                    "restarts": runner.restarts,
+                    "last_failure": runner.last_failure,
+                    "latest_checkpoint": None if latest is None else _checkpoint_json(latest),
+                }
+            ]
+        }
 
     @app.get("/checkpoints")
     async def checkpoints() -> dict[str, Any]:
         history = list(runner.job.coordinator.history)
         latest = runner.job.coordinator.latest_completed_checkpoint()
         return {
-            "counts": {"completed": sum(h.status == "completed" for h in history),
-                       "failed": sum(h.status != "completed" for h in history)},
+            "counts": {
+                "completed": sum(h.status == "completed" for h in history),
+                "failed": sum(h.status != "completed" for h in history),
+            },
             "latest": None if latest is None else _checkpoint_json(latest),
-            "history": [{
-                "id": h.checkpoint_id, "status": h.status, "is_savepoint": h.is_savepoint,
-                "trigger_timestamp_ns": h.trigger_timestamp_ns,
-                "duration_ms": h.duration_ns / 1e6, "state_size": h.state_size,
-                "alignment_ms": h.alignment_duration_ns / 1e6,
-                "sync_ms": h.sync_duration_ns / 1e6, "async_ms": h.async_duration_ns / 1e6,
-                "failure_reason": h.failure_reason,
-            } for h in reversed(history)],
-        }  # fmt: skip
+            "history": [
+                {
+                    "id": h.checkpoint_id,
+                    "status": h.status,
+                    "is_savepoint": h.is_savepoint,
+                    "trigger_timestamp_ns": h.trigger_timestamp_ns,
+                    "duration_ms": h.duration_ns / 1e6,
+                    "state_size": h.state_size,
+                    "alignment_ms": h.alignment_duration_ns / 1e6,
+                    "sync_ms": h.sync_duration_ns / 1e6,
+                    "async_ms": h.async_duration_ns / 1e6,
+                    "failure_reason": h.failure_reason,
+                }
+                for h in reversed(history)
+            ],
+        }
 
     @app.post("/savepoints")
     async def trigger_savepoint() -> dict[str, Any]:

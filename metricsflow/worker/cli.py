@@ -51,9 +51,12 @@ def worker(
     from metricsflow.worker.settings import WorkerSettings
 
     settings = WorkerSettings.load(
-        config_file, from_savepoint=from_savepoint, worker_id=worker_id, port=port,
+        config_file,
+        from_savepoint=from_savepoint,
+        worker_id=worker_id,
+        port=port,
         allow_non_restored_state=allow_non_restored_state,
-    )  # fmt: skip
+    )
     runner = DownsamplingRunner(settings.runner_config())
     outcome: dict[str, BaseException | None] = {}
     server: uvicorn.Server | None = None
@@ -64,12 +67,23 @@ def worker(
             server.should_exit = True
 
     app = create_app(runner, on_finished=finished)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
-                            log_level="warning", lifespan="on")  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
-    logger.info("worker starting worker_id=%s url=http://%s:%d topic=%s influxdb=%s",
-                settings.effective_worker_id, settings.host, settings.port,
-                settings.kafka_topic, settings.influxdb_url)  # fmt: skip
+    logger.info(
+        "worker starting worker_id=%s url=http://%s:%d topic=%s influxdb=%s",
+        settings.effective_worker_id,
+        settings.host,
+        settings.port,
+        settings.kafka_topic,
+        settings.influxdb_url,
+    )
     asyncio.run(server.serve())
     if outcome.get("error") is not None:
         sys.exit(1)
@@ -111,8 +125,9 @@ def savepoint_list(url: str, directory: Path | None) -> None:
     """List savepoints (location, complete)."""
     from metricsflow.worker.app import list_savepoints
 
-    items = list_savepoints(directory) if directory else _call("GET", f"{url}/savepoints")[
-        "savepoints"]  # fmt: skip
+    items = (
+        list_savepoints(directory) if directory else _call("GET", f"{url}/savepoints")["savepoints"]
+    )
     for item in items:
         click.echo(f"{item['location']}\t{'complete' if item['complete'] else 'INCOMPLETE'}")
 

@@ -43,8 +43,16 @@ class WorkerServer(PackageHttpServer):
 
     def command(self) -> list[str]:
         c = self.config
-        return [sys.executable, "-m", "metricsflow", "worker", "--worker-id", c.worker_id,
-                "--port", str(c.port)]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "metricsflow",
+            "worker",
+            "--worker-id",
+            c.worker_id,
+            "--port",
+            str(c.port),
+        ]
 
     def environment(self) -> dict[str, str]:
         c = self.config

@@ -29,38 +29,53 @@ class WorkerCollector(Collector):
         yield counter("bytes_in", "Kafka record bytes read.", src.bytes_in)
         yield counter("points_in", "Points read from Kafka.", src.points_in)
         yield counter("samples_in", "Numeric field values read.", src.samples_in)
-        yield counter("points_out", "Points (raw + tier rows) acknowledged by InfluxDB.",
-                      sink.points_written)  # fmt: skip
+        yield counter(
+            "points_out", "Points (raw + tier rows) acknowledged by InfluxDB.", sink.points_written
+        )
         yield counter("influxdb_requests", "Write requests sent to InfluxDB.", sink.requests)
         yield counter("influxdb_retries", "Retried InfluxDB requests (unavailable).", sink.retries)
-        yield GaugeMetricFamily(p + "influxdb_blocked", "1 while InfluxDB writes are retrying.",
-                                value=1.0 if sink.blocked else 0.0)  # fmt: skip
-        yield GaugeMetricFamily(p + "influxdb_pending_requests",
-                                "Sealed write requests waiting (backpressure above the limit).",
-                                value=r.sink.pending_requests)  # fmt: skip
-        yield counter("influxdb_hard_limit_waits", "Writes that blocked the event loop at the "
-                      "sink's hard limit (should stay 0).", sink.hard_limit_waits)  # fmt: skip
-        dl = CounterMetricFamily(p + "dead_letters", "Points sent to a dead letter, by reason.",
-                                 labels=["reason"])  # fmt: skip
+        yield GaugeMetricFamily(
+            p + "influxdb_blocked",
+            "1 while InfluxDB writes are retrying.",
+            value=1.0 if sink.blocked else 0.0,
+        )
+        yield GaugeMetricFamily(
+            p + "influxdb_pending_requests",
+            "Sealed write requests waiting (backpressure above the limit).",
+            value=r.sink.pending_requests,
+        )
+        yield counter(
+            "influxdb_hard_limit_waits",
+            "Writes that blocked the event loop at the sink's hard limit (should stay 0).",
+            sink.hard_limit_waits,
+        )
+        dl = CounterMetricFamily(
+            p + "dead_letters", "Points sent to a dead letter, by reason.", labels=["reason"]
+        )
         dl.add_metric(["undecodable_record"], src.dead_letters)
         for reason, count in sorted(sink.dead_letter_points.items()):
             dl.add_metric([reason], count)
         yield dl
-        yield counter("late_points", "Points beyond the allowed lateness (raw tier only).",
-                      r.late.points)  # fmt: skip
+        yield counter(
+            "late_points", "Points beyond the allowed lateness (raw tier only).", r.late.points
+        )
         yield counter("rebalances", "Partition assignments received.", src.rebalances)
-        lag = GaugeMetricFamily(p + "consumer_lag", "Records behind the partition's end.",
-                                labels=["partition"])  # fmt: skip
+        lag = GaugeMetricFamily(
+            p + "consumer_lag", "Records behind the partition's end.", labels=["partition"]
+        )
         for kg, value in sorted(r.source.lag().items()):
             lag.add_metric([str(kg)], value)
         yield lag
-        wm = GaugeMetricFamily(p + "watermark_lag_seconds", "Wall clock minus watermark.",
-                               labels=["partition"])  # fmt: skip
-        state = GaugeMetricFamily(p + "state_size_bytes", "Keyed state size.",
-                                  labels=["partition"])  # fmt: skip
-        idle = GaugeMetricFamily(p + "partition_idle", "1 while the partition's reader reports "
-                                 "nothing to read (its watermark may follow the clock).",
-                                 labels=["partition"])  # fmt: skip
+        wm = GaugeMetricFamily(
+            p + "watermark_lag_seconds", "Wall clock minus watermark.", labels=["partition"]
+        )
+        state = GaugeMetricFamily(p + "state_size_bytes", "Keyed state size.", labels=["partition"])
+        idle = GaugeMetricFamily(
+            p + "partition_idle",
+            "1 while the partition's reader reports "
+            "nothing to read (its watermark may follow the clock).",
+            labels=["partition"],
+        )
         now = time.time_ns()
         for kg in sorted(r.job.key_groups):
             try:
@@ -85,12 +100,18 @@ class WorkerCollector(Collector):
         yield counter("checkpoints_failed", "Failed checkpoints (last 100).", len(failed))
         if completed:
             last = completed[-1]
-            yield GaugeMetricFamily(p + "checkpoint_duration_seconds",
-                                    "Duration of the last completed checkpoint.",
-                                    value=last.duration_ns / 1e9)  # fmt: skip
-            yield GaugeMetricFamily(p + "checkpoint_size_bytes",
-                                    "State size of the last completed checkpoint.",
-                                    value=last.state_size)  # fmt: skip
-            yield GaugeMetricFamily(p + "checkpoint_alignment_seconds",
-                                    "Barrier alignment time of the last completed checkpoint.",
-                                    value=last.alignment_duration_ns / 1e9)  # fmt: skip
+            yield GaugeMetricFamily(
+                p + "checkpoint_duration_seconds",
+                "Duration of the last completed checkpoint.",
+                value=last.duration_ns / 1e9,
+            )
+            yield GaugeMetricFamily(
+                p + "checkpoint_size_bytes",
+                "State size of the last completed checkpoint.",
+                value=last.state_size,
+            )
+            yield GaugeMetricFamily(
+                p + "checkpoint_alignment_seconds",
+                "Barrier alignment time of the last completed checkpoint.",
+                value=last.alignment_duration_ns / 1e9,
+            )

@@ -406,30 +406,38 @@ class WorkerSettings(BaseSettings):
             savepoint_dir=self.savepoint_dir or data / "savepoints",
             late_dir=dead,
             source=KafkaSourceConfig(
-                bootstrap_servers=self.kafka_bootstrap_servers, topic=self.kafka_topic,
-                group_id=self.kafka_group_id, dead_letter_topic=self.kafka_dead_letter_topic,
+                bootstrap_servers=self.kafka_bootstrap_servers,
+                topic=self.kafka_topic,
+                group_id=self.kafka_group_id,
+                dead_letter_topic=self.kafka_dead_letter_topic,
                 client_id=f"metricsflow-{self.effective_worker_id}",
                 max_records_per_fetch=self.kafka_max_records_per_fetch,
                 session_timeout_ms=self.kafka_session_timeout_ms,
             ),
             sink=InfluxDBSinkConfig(
-                url=self.influxdb_url, tiers=parse_tiers(self.tiers),
+                url=self.influxdb_url,
+                tiers=parse_tiers(self.tiers),
                 database_allowlist=tuple(self.influxdb_database_allowlist),
-                username=self.influxdb_username, password=self.influxdb_password,
+                username=self.influxdb_username,
+                password=self.influxdb_password,
                 batch_max_points=self.influxdb_batch_max_points,
                 flush_interval_s=self.influxdb_flush_interval_s,
                 gzip_level=self.influxdb_gzip_level,
-                max_pending_requests=self.influxdb_max_pending_requests, dead_letter_dir=dead,
+                max_pending_requests=self.influxdb_max_pending_requests,
+                dead_letter_dir=dead,
             ),
             job=DownsamplingJobConfig(
-                tiers=parse_tiers(self.tiers), max_out_of_orderness=self.max_out_of_orderness,
+                tiers=parse_tiers(self.tiers),
+                max_out_of_orderness=self.max_out_of_orderness,
                 idle_timeout=self.idle_timeout or None,
                 allowed_lateness_ns=parse_duration_ns(self.allowed_lateness)
-                if self.allowed_lateness not in ("0", "0s") else 0,
+                if self.allowed_lateness not in ("0", "0s")
+                else 0,
                 sink_flush_timeout_s=self.checkpoint_timeout_ms / 1000,
             ),
             checkpoint=CheckpointConfig(
-                interval_ms=self.checkpoint_interval_ms, timeout_ms=self.checkpoint_timeout_ms,
+                interval_ms=self.checkpoint_interval_ms,
+                timeout_ms=self.checkpoint_timeout_ms,
                 min_pause_between_checkpoints_ms=self.checkpoint_min_pause_ms,
                 max_concurrent_checkpoints=self.checkpoint_max_concurrent,
                 tolerable_failed_checkpoints=self.checkpoint_tolerable_failures,
@@ -447,4 +455,4 @@ class WorkerSettings(BaseSettings):
             restart_attempts=self.restart_attempts,
             restart_max_failures_per_interval=self.restart_max_failures_per_interval,
             restart_failure_rate_interval_s=self.restart_failure_rate_interval_s,
-        )  # fmt: skip
+        )

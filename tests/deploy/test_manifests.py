@@ -166,8 +166,10 @@ def test_the_gateway_is_a_deployment_behind_a_service_scaled_by_an_hpa() -> None
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     hpa = find("HorizontalPodAutoscaler", "gateway")
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"
-    }  # fmt: skip
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "gateway",
+    }
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
 

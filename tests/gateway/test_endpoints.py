@@ -65,8 +65,9 @@ async def test_size_and_shape_limits_answer_413_and_400_and_gzip_bombs_are_refus
         assert len(bomb) < 10_000
         r = await client.post("/write?db=x", content=bomb, headers={"Content-Encoding": "gzip"})
         assert r.status_code == 413
-        r = await client.post("/api/v2/write?bucket=x", content=bomb,
-                              headers={"Content-Encoding": "gzip"})  # fmt: skip
+        r = await client.post(
+            "/api/v2/write?bucket=x", content=bomb, headers={"Content-Encoding": "gzip"}
+        )
         assert r.status_code == 413
         assert r.json()["code"] == "request too large"
         r = await client.post("/write?db=x", content=b"m,a=1,b=2,c=3 v=1")
@@ -76,8 +77,9 @@ async def test_size_and_shape_limits_answer_413_and_400_and_gzip_bombs_are_refus
             "/write?db=x", content=b"garbage", headers={"Content-Encoding": "gzip"}
         )
         assert r.status_code == 400
-        r = await client.post("/api/v2/write?bucket=x", content=b"m v=1",
-                              headers={"Authorization": "Token wrong"})  # fmt: skip
+        r = await client.post(
+            "/api/v2/write?bucket=x", content=b"m v=1", headers={"Authorization": "Token wrong"}
+        )
         assert r.status_code == 401
         assert r.json()["code"] == "unauthorized"
         r = await client.post(
@@ -96,12 +98,23 @@ async def test_the_json_endpoint_writes_typed_fields_and_names_the_bad_point(
 ) -> None:
     topic = await topic_factory(partitions=3)
     gw = gateway_factory(topic)
-    doc = {"points": [
-        {"measurement": "job", "tags": {"name": "backup"},
-         "fields": {"secs": 12, "files": {"int": 7}, "seq": {"uint": 3}, "ok": True, "msg": "done"},
-         "time": 1700000000000},
-        {"measurement": "job", "fields": {"secs": 1.5}, "time": 1700000000001},
-    ]}  # fmt: skip
+    doc = {
+        "points": [
+            {
+                "measurement": "job",
+                "tags": {"name": "backup"},
+                "fields": {
+                    "secs": 12,
+                    "files": {"int": 7},
+                    "seq": {"uint": 3},
+                    "ok": True,
+                    "msg": "done",
+                },
+                "time": 1700000000000,
+            },
+            {"measurement": "job", "fields": {"secs": 1.5}, "time": 1700000000001},
+        ]
+    }
     async with httpx.AsyncClient(base_url=gw.url) as client:
         r = await client.post("/api/v1/json?db=scripts&precision=ms", content=orjson.dumps(doc))
         assert r.status_code == 204, r.text
@@ -143,12 +156,20 @@ async def test_remote_write_maps_name_to_measurement_and_drops_stale_markers_on_
     topic = await topic_factory(partitions=2)
     gw = gateway_factory(topic, prometheus_db="prom")
     stale = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
-    body = remote_write_body([
-        ({"__name__": "up", "job": "node", "instance": "a:9100"}, [(1.0, 1000), (stale, 2000)]),
-        ({"__name__": "temp", "job": "node"}, [(21.5, 1500), (math.nan, 1600), (math.inf, 1700)]),
-    ])  # fmt: skip
-    headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
-               "X-Prometheus-Remote-Write-Version": "0.1.0"}  # fmt: skip
+    body = remote_write_body(
+        [
+            ({"__name__": "up", "job": "node", "instance": "a:9100"}, [(1.0, 1000), (stale, 2000)]),
+            (
+                {"__name__": "temp", "job": "node"},
+                [(21.5, 1500), (math.nan, 1600), (math.inf, 1700)],
+            ),
+        ]
+    )
+    headers = {
+        "Content-Encoding": "snappy",
+        "Content-Type": "application/x-protobuf",
+        "X-Prometheus-Remote-Write-Version": "0.1.0",
+    }
     async with httpx.AsyncClient(base_url=gw.url) as client:
         r = await client.post("/api/v1/write", content=body, headers=headers)
         assert r.status_code == 204, r.text

@@ -121,8 +121,11 @@ async def test_the_gateway_accepts_writes_again_after_each_of_three_broker_resta
             stop.set()
             await asyncio.gather(*writers)
         metrics = (await client.get("/metrics")).text
-    resets = [line for line in metrics.splitlines()
-              if line.startswith("gateway_kafka_producer_resets_total ")]  # fmt: skip
+    resets = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("gateway_kafka_producer_resets_total ")
+    ]
     print(f"\nproducer resets over three restarts: {resets}; writes acknowledged: {len(acked)}")
     expected = {p for body in acked for p in parse(body)}
     records = await read_topic(

@@ -105,8 +105,11 @@ async def test_the_influx_cli_inserts_through_the_v1_write_endpoint(
     for stmt in statements:
         out = subprocess.run(  # noqa: ASYNC221 - the CLI is the client under test
             ["influx", "-host", "127.0.0.1", "-port", port, "-database", "clidb", "-execute", stmt],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
     sent = parse("\n".join(s.removeprefix("INSERT ") for s in statements))
     records = await read_topic(kafka_broker.bootstrap, topic, min_points=len(sent))

@@ -67,9 +67,13 @@ def dashboard_problems(dashboard: dict[str, Any], uids: dict[str, str]) -> list[
     """Deviations from Grafana's dashboard JSON model (docs: "JSON model" of dashboards)."""
     problems: list[str] = []
     required: list[tuple[str, type]] = [
-        ("uid", str), ("title", str), ("schemaVersion", int),
-        ("panels", list), ("time", dict), ("templating", dict),
-    ]  # fmt: skip
+        ("uid", str),
+        ("title", str),
+        ("schemaVersion", int),
+        ("panels", list),
+        ("time", dict),
+        ("templating", dict),
+    ]
     for key, expected_type in required:
         if not isinstance(dashboard.get(key), expected_type):
             problems.append(f"{key} missing or not a {expected_type.__name__}")
@@ -163,13 +167,35 @@ def test_the_model_checker_catches_broken_dashboards() -> None:
 
 # Grafana's roundInterval (public/app/core/utils/rangeutil.ts / kbn): (upper bound ms, interval)
 _ROUND_INTERVAL = [
-    (15, "10ms"), (35, "20ms"), (75, "50ms"), (150, "100ms"), (350, "200ms"), (750, "500ms"),
-    (1500, "1s"), (3500, "2s"), (7500, "5s"), (12500, "10s"), (17500, "15s"), (25000, "20s"),
-    (45000, "30s"), (90000, "1m"), (210000, "2m"), (450000, "5m"), (780000, "10m"),
-    (1350000, "15m"), (2700000, "30m"), (5400000, "1h"), (9000000, "2h"), (16200000, "3h"),
-    (24300000, "6h"), (64800000, "12h"), (129600000, "1d"), (604800000, "1d"),
-    (1814400000, "1w"), (3628800000, "30d"),
-]  # fmt: skip
+    (15, "10ms"),
+    (35, "20ms"),
+    (75, "50ms"),
+    (150, "100ms"),
+    (350, "200ms"),
+    (750, "500ms"),
+    (1500, "1s"),
+    (3500, "2s"),
+    (7500, "5s"),
+    (12500, "10s"),
+    (17500, "15s"),
+    (25000, "20s"),
+    (45000, "30s"),
+    (90000, "1m"),
+    (210000, "2m"),
+    (450000, "5m"),
+    (780000, "10m"),
+    (1350000, "15m"),
+    (2700000, "30m"),
+    (5400000, "1h"),
+    (9000000, "2h"),
+    (16200000, "3h"),
+    (24300000, "6h"),
+    (64800000, "12h"),
+    (129600000, "1d"),
+    (604800000, "1d"),
+    (1814400000, "1w"),
+    (3628800000, "30d"),
+]
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
@@ -362,9 +388,20 @@ def promql_for_promtool(expr: str) -> str:
 
 
 _PROMQL_WORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-    "unless", "offset", "inf", "nan",
-}  # fmt: skip
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -405,26 +442,36 @@ def worker_metric_names() -> set[str]:
     one completed checkpoint (the collector only reads these attributes)."""
     from metricsflow.worker.metrics import WorkerCollector
 
-    checkpoint = SimpleNamespace(status="completed", duration_ns=1, state_size=1,
-                                 alignment_duration_ns=0)  # fmt: skip
+    checkpoint = SimpleNamespace(
+        status="completed", duration_ns=1, state_size=1, alignment_duration_ns=0
+    )
 
     def no_task(_kg: int) -> Any:
         raise KeyError(_kg)
 
     runner = SimpleNamespace(
         source=SimpleNamespace(
-            stats=SimpleNamespace(records_in=0, bytes_in=0, points_in=0, samples_in=0,
-                                  dead_letters=0, rebalances=0),
+            stats=SimpleNamespace(
+                records_in=0, bytes_in=0, points_in=0, samples_in=0, dead_letters=0, rebalances=0
+            ),
             lag=lambda: {0: 0},
         ),
-        sink=SimpleNamespace(pending_requests=0,
-                             stats=SimpleNamespace(points_written=0, requests=0, retries=0,
-                                                   blocked=False, dead_letter_points={},
-                                                   hard_limit_waits=0)),
+        sink=SimpleNamespace(
+            pending_requests=0,
+            stats=SimpleNamespace(
+                points_written=0,
+                requests=0,
+                retries=0,
+                blocked=False,
+                dead_letter_points={},
+                hard_limit_waits=0,
+            ),
+        ),
         late=SimpleNamespace(points=0),
-        job=SimpleNamespace(key_groups=[0], source_task=no_task,
-                            coordinator=SimpleNamespace(history=[checkpoint])),
-    )  # fmt: skip
+        job=SimpleNamespace(
+            key_groups=[0], source_task=no_task, coordinator=SimpleNamespace(history=[checkpoint])
+        ),
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(runner))  # type: ignore[arg-type]
     return exposed_names(registry)
@@ -447,8 +494,13 @@ def test_every_promql_expression_parses_with_promtool(tmp_path: Path) -> None:
     }
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules))
-    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
-                            text=True, timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(rules["groups"][0]["rules"]) >= 12
 

@@ -73,9 +73,12 @@ class Proc:
 def spawn(args: list[str], env: dict[str, str], log: Path, url: str) -> Proc:
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [*METRICSFLOW, *args], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            [*METRICSFLOW, *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     return Proc(proc, url, log)
 
 
@@ -107,8 +110,12 @@ class Stack:
             "METRICSFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
             **env,
         }
-        proc = spawn(["worker", "--worker-id", worker_id, "--port", str(port), *args], base,
-                     self.tmp / f"worker-{worker_id}.log", f"http://127.0.0.1:{port}")  # fmt: skip
+        proc = spawn(
+            ["worker", "--worker-id", worker_id, "--port", str(port), *args],
+            base,
+            self.tmp / f"worker-{worker_id}.log",
+            f"http://127.0.0.1:{port}",
+        )
         self.procs.append(proc)
         wait_http(f"{proc.url}/health", proc=proc.proc)
         return proc
@@ -116,9 +123,12 @@ class Stack:
 
 @pytest.fixture
 def stack_factory(
-    kafka_broker: KafkaServer, influxdb_server: InfluxDBServer, topic_factory: Any,
-    influx_database_factory: Callable[..., str], tmp_path: Path,
-) -> Iterator[Callable[..., Any]]:  # fmt: skip
+    kafka_broker: KafkaServer,
+    influxdb_server: InfluxDBServer,
+    topic_factory: Any,
+    influx_database_factory: Callable[..., str],
+    tmp_path: Path,
+) -> Iterator[Callable[..., Any]]:
     stacks: list[Stack] = []
 
     async def make(partitions: int = 4) -> Stack:
@@ -126,9 +136,19 @@ def stack_factory(
         db = influx_database_factory()
         port = free_port()
         gateway = spawn(
-            ["gateway", "--port", str(port), "--bootstrap-servers", kafka_broker.bootstrap,
-             "--topic", topic], {}, tmp_path / "gateway.log", f"http://127.0.0.1:{port}",
-        )  # fmt: skip
+            [
+                "gateway",
+                "--port",
+                str(port),
+                "--bootstrap-servers",
+                kafka_broker.bootstrap,
+                "--topic",
+                topic,
+            ],
+            {},
+            tmp_path / "gateway.log",
+            f"http://127.0.0.1:{port}",
+        )
         wait_http(f"{gateway.url}/health", proc=gateway.proc)
         stack = Stack(kafka_broker, influxdb_server, topic, db, tmp_path, gateway)
         stacks.append(stack)
@@ -150,9 +170,13 @@ class Sender:
     """
 
     def __init__(
-        self, gateway_url: str, db: str, series: int = 40, seed: int = 7,
+        self,
+        gateway_url: str,
+        db: str,
+        series: int = 40,
+        seed: int = 7,
         max_rewrite_age_s: float = 20.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.url = f"{gateway_url}/write"
         self.db = db
         self.series = series
@@ -184,8 +208,11 @@ class Sender:
             lines.append(f"{series} v={value} {ts}")
         while True:
             try:
-                r = self.client.post(self.url, params={"db": self.db, "precision": "ns"},
-                                     content="\n".join(lines).encode())  # fmt: skip
+                r = self.client.post(
+                    self.url,
+                    params={"db": self.db, "precision": "ns"},
+                    content="\n".join(lines).encode(),
+                )
             except httpx.HTTPError:
                 time.sleep(0.2)
                 continue
@@ -237,8 +264,14 @@ def reference(
     for key, rows in groups.items():
         rows.sort()
         values = [v for _, v in rows]
-        out[key] = {"count": len(values), "sum": math.fsum(values), "min": min(values),
-                    "max": max(values), "first": values[0], "last": values[-1]}  # fmt: skip
+        out[key] = {
+            "count": len(values),
+            "sum": math.fsum(values),
+            "min": min(values),
+            "max": max(values),
+            "first": values[0],
+            "last": values[-1],
+        }
     return out
 
 
@@ -258,20 +291,41 @@ def query(url: str, db: str, q: str) -> list[dict[str, Any]]:
 
 def tier_rows(stack: Stack, tier: str) -> dict[tuple[str, int], dict[str, float]]:
     rows = query(stack.influx.url, stack.db, f'SELECT * FROM "{tier}"."m" GROUP BY *')
-    return {(f"m,host={r['host']}", r["time"]): {
-        "count": r["count_v"], "sum": r["sum_v"], "min": r["min_v"], "max": r["max_v"],
-        "first": r["first_v"], "last": r["last_v"], "mean": r["mean_v"]} for r in rows}  # fmt: skip
+    return {
+        (f"m,host={r['host']}", r["time"]): {
+            "count": r["count_v"],
+            "sum": r["sum_v"],
+            "min": r["min_v"],
+            "max": r["max_v"],
+            "first": r["first_v"],
+            "last": r["last_v"],
+            "mean": r["mean_v"],
+        }
+        for r in rows
+    }
 
 
 def influxql_rows(
     stack: Stack, tier: str, lo: int, hi: int
 ) -> dict[tuple[str, int], dict[str, float]]:
-    rows = query(stack.influx.url, stack.db,
-                 f'SELECT count(v), sum(v), min(v), max(v), first(v), last(v) FROM "raw"."m" '
-                 f"WHERE time >= {lo} AND time < {hi} GROUP BY time({tier}), *")  # fmt: skip
-    return {(f"m,host={r['host']}", r["time"]): {
-        "count": r["count"], "sum": r["sum"], "min": r["min"], "max": r["max"],
-        "first": r["first"], "last": r["last"]} for r in rows if r["count"]}  # fmt: skip
+    rows = query(
+        stack.influx.url,
+        stack.db,
+        f'SELECT count(v), sum(v), min(v), max(v), first(v), last(v) FROM "raw"."m" '
+        f"WHERE time >= {lo} AND time < {hi} GROUP BY time({tier}), *",
+    )
+    return {
+        (f"m,host={r['host']}", r["time"]): {
+            "count": r["count"],
+            "sum": r["sum"],
+            "min": r["min"],
+            "max": r["max"],
+            "first": r["first"],
+            "last": r["last"],
+        }
+        for r in rows
+        if r["count"]
+    }
 
 
 def diff(expected: dict[Any, dict[str, float]], actual: dict[Any, dict[str, float]]) -> list[str]:
@@ -292,8 +346,9 @@ def diff(expected: dict[Any, dict[str, float]], actual: dict[Any, dict[str, floa
                 problems.append(f"{key}.{name}: expected {e[name]} got {a[name]}")
         if not math.isclose(e["sum"], a["sum"], rel_tol=1e-9, abs_tol=1e-9):
             problems.append(f"{key}.sum: expected {e['sum']} got {a['sum']}")
-        if "mean" in a and not math.isclose(e["sum"] / e["count"], a["mean"], rel_tol=1e-9,
-                                            abs_tol=1e-9):  # fmt: skip
+        if "mean" in a and not math.isclose(
+            e["sum"] / e["count"], a["mean"], rel_tol=1e-9, abs_tol=1e-9
+        ):
             problems.append(f"{key}.mean: expected {e['sum'] / e['count']} got {a['mean']}")
     return problems
 

@@ -94,7 +94,7 @@ async def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_worker_kee
         b"\xff\xfe not line protocol",
         headers=[("mf-format", b"lp1"), ("mf-db", stack.db.encode())],
     )
-    await producer.stop()  # fmt: skip
+    await producer.stop()
     sender = Sender(stack.gateway.url, stack.db, series=5)
     sender.run_for(2)
     assert_tiers_match_oracle(stack, sender)
@@ -103,8 +103,9 @@ async def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_worker_kee
         metrics_of(worker)['metricsflow_worker_dead_letters_total{reason="undecodable_record"}']
         == 1
     )
-    dlq = AIOKafkaConsumer(f"{stack.topic}.dlq", bootstrap_servers=stack.kafka.bootstrap,
-                           auto_offset_reset="earliest")  # fmt: skip
+    dlq = AIOKafkaConsumer(
+        f"{stack.topic}.dlq", bootstrap_servers=stack.kafka.bootstrap, auto_offset_reset="earliest"
+    )
     await dlq.start()
     got = await dlq.getmany(timeout_ms=10_000)
     await dlq.stop()
@@ -124,8 +125,9 @@ async def test_rebalancing_one_to_three_to_one_workers_with_one_sigkilled_keeps_
     sender.run_for(1)
     w3 = stack.worker("w3")
     sender.run_for(3)
-    owned = [httpx.get(f"{w.url}/jobs/overview").json()["jobs"][0]["key_groups"]
-             for w in (w1, w2, w3)]  # fmt: skip
+    owned = [
+        httpx.get(f"{w.url}/jobs/overview").json()["jobs"][0]["key_groups"] for w in (w1, w2, w3)
+    ]
     assert sorted(kg for kgs in owned for kg in kgs) == [0, 1, 2, 3, 4, 5]
     assert all(owned), owned
     w2.kill()
@@ -224,8 +226,11 @@ async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bound
     stack: Stack = await stack_factory(partitions=4)
     sender = Sender(stack.gateway.url, stack.db, seed=13)
     # small sink limits: the sink saturates within seconds of the outage
-    worker = stack.worker("w1", METRICSFLOW_INFLUXDB_BATCH_MAX_POINTS="5000",
-                          METRICSFLOW_INFLUXDB_MAX_PENDING_REQUESTS="4")  # fmt: skip
+    worker = stack.worker(
+        "w1",
+        METRICSFLOW_INFLUXDB_BATCH_MAX_POINTS="5000",
+        METRICSFLOW_INFLUXDB_MAX_PENDING_REQUESTS="4",
+    )
     samples: list[tuple[float, int, float, dict[str, float]]] = []
     with sender.in_background(interval_s=0.02):
         time.sleep(3)
@@ -249,8 +254,14 @@ async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bound
                 # the event loop must stay free: the REST API answers within a second
                 health = httpx.get(f"{worker.url}/health", timeout=1).json()
                 latency = time.monotonic() - started
-                samples.append((latency, rss_bytes(worker.proc.pid),
-                                float(health["influxdb_blocked"]), metrics_of(worker)))  # fmt: skip
+                samples.append(
+                    (
+                        latency,
+                        rss_bytes(worker.proc.pid),
+                        float(health["influxdb_blocked"]),
+                        metrics_of(worker),
+                    )
+                )
                 time.sleep(0.5)
         finally:
             stack.influx.start()
@@ -259,12 +270,14 @@ async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bound
     after = metrics_of(worker)
     peak_rss = max(s[1] for s in samples)
     max_wm_lag = max(max(labelled(s[3], "watermark_lag_seconds").values()) for s in samples)
-    print(f"\nworker RSS before the outage {before_rss / 2**20:.0f} MiB, peak during the 60 s "
-          f"outage {peak_rss / 2**20:.0f} MiB (+{(peak_rss - before_rss) / 2**20:.1f} MiB); "
-          f"max /health latency {max(s[0] for s in samples) * 1000:.0f} ms; max watermark lag "
-          f"{max_wm_lag:.0f} s; max pending requests "
-          f"{max(s[3]['metricsflow_worker_influxdb_pending_requests'] for s in samples):.0f}; "
-          f"points acknowledged {len(sender.acked)}")  # fmt: skip
+    print(
+        f"\nworker RSS before the outage {before_rss / 2**20:.0f} MiB, peak during the 60 s "
+        f"outage {peak_rss / 2**20:.0f} MiB (+{(peak_rss - before_rss) / 2**20:.1f} MiB); "
+        f"max /health latency {max(s[0] for s in samples) * 1000:.0f} ms; max watermark lag "
+        f"{max_wm_lag:.0f} s; max pending requests "
+        f"{max(s[3]['metricsflow_worker_influxdb_pending_requests'] for s in samples):.0f}; "
+        f"points acknowledged {len(sender.acked)}"
+    )
     assert worker.proc.poll() is None
     assert samples[-1][2] == 1.0  # the outage was seen (influxdb_blocked)
     assert max(s[0] for s in samples) < 1.0

@@ -42,8 +42,9 @@ async def produce(bootstrap: str, topic: str, db: str, first: int, count: int) -
         now = time.time_ns()
         for i in range(first, first + count):
             line = f"m,host=h{i % 2} v={i} {now + i}".encode()
-            await producer.send_and_wait(topic, line, partition=i % 2,
-                                         headers=make_headers(db, None, None))  # fmt: skip
+            await producer.send_and_wait(
+                topic, line, partition=i % 2, headers=make_headers(db, None, None)
+            )
     finally:
         await producer.stop()
 
@@ -55,19 +56,31 @@ def raw_count(influx: InfluxDBServer, db: str) -> int:
 
 
 async def test_a_failed_job_restarts_in_process_from_its_checkpoints_and_keeps_its_partitions(
-    kafka_broker: KafkaServer, influxdb_server: InfluxDBServer, topic_factory: Any,
-    influx_database_factory: Callable[..., str], tmp_path: Path,
-) -> None:  # fmt: skip
+    kafka_broker: KafkaServer,
+    influxdb_server: InfluxDBServer,
+    topic_factory: Any,
+    influx_database_factory: Callable[..., str],
+    tmp_path: Path,
+) -> None:
     topic = await topic_factory(partitions=2)
     db = influx_database_factory()
     settings = WorkerSettings(
-        worker_id="w1", data_dir=tmp_path, kafka_bootstrap_servers=kafka_broker.bootstrap,
-        kafka_topic=topic, kafka_group_id=f"g-{topic}", kafka_session_timeout_ms=6000,
-        influxdb_url=influxdb_server.url, influxdb_flush_interval_s=0.1,
-        tiers="raw:7d,1s:7d", max_out_of_orderness="1s", idle_timeout="2s",
-        checkpoint_interval_ms=200, restart_strategy="fixed-delay", restart_attempts=1,
+        worker_id="w1",
+        data_dir=tmp_path,
+        kafka_bootstrap_servers=kafka_broker.bootstrap,
+        kafka_topic=topic,
+        kafka_group_id=f"g-{topic}",
+        kafka_session_timeout_ms=6000,
+        influxdb_url=influxdb_server.url,
+        influxdb_flush_interval_s=0.1,
+        tiers="raw:7d,1s:7d",
+        max_out_of_orderness="1s",
+        idle_timeout="2s",
+        checkpoint_interval_ms=200,
+        restart_strategy="fixed-delay",
+        restart_attempts=1,
         restart_delay_s=0.2,
-    )  # fmt: skip
+    )
     runner = DownsamplingRunner(settings.runner_config())
     run = asyncio.create_task(runner.run())
     try:
@@ -75,13 +88,16 @@ async def test_a_failed_job_restarts_in_process_from_its_checkpoints_and_keeps_i
         await produce(kafka_broker.bootstrap, topic, db, 0, 20)
         await wait_for(lambda: raw_count(influxdb_server, db) == 20, "the first points")
         first = runner.job
-        await wait_for(lambda: first.coordinator.latest_completed_checkpoint() is not None,
-                       "a checkpoint")  # fmt: skip
+        await wait_for(
+            lambda: first.coordinator.latest_completed_checkpoint() is not None, "a checkpoint"
+        )
         rebalances = runner.source.stats.rebalances
 
         first.fail_job(RuntimeError("injected task failure"))
-        await wait_for(lambda: runner.job is not first and runner.job.key_groups == {0, 1},
-                       "the in-process restart")  # fmt: skip
+        await wait_for(
+            lambda: runner.job is not first and runner.job.key_groups == {0, 1},
+            "the in-process restart",
+        )
         assert runner.restarts == 1
         assert runner.state == "RUNNING"
         assert "injected task failure" in runner.last_failure

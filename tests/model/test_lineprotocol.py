@@ -94,8 +94,9 @@ def test_comments_blank_lines_and_crlf_are_skipped() -> None:
 def test_precision_multiplies_the_timestamp_and_a_missing_one_gets_the_receive_time(
     precision: str,
 ) -> None:
-    _keys, lines = canonicalize("m v=1 3\nm v=2", precision_factor=PRECISION_V1[precision],
-                               default_time_ns=42)  # fmt: skip
+    _keys, lines = canonicalize(
+        "m v=1 3\nm v=2", precision_factor=PRECISION_V1[precision], default_time_ns=42
+    )
     assert lines == [f"m v=1 {3 * PRECISION_V1[precision]}", "m v=2 42"]
 
 

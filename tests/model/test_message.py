@@ -31,8 +31,11 @@ POINTS = [
 def test_a_chunk_round_trips_through_headers_and_canonical_lines() -> None:
     (rec,) = encode_chunk(POINTS, "telegraf", "autogen", received_ns=99)
     assert dict(rec.headers) == {
-        "mf-format": b"lp1", "mf-db": b"telegraf", "mf-rp": b"autogen", "mf-received-ns": b"99"
-    }  # fmt: skip
+        "mf-format": b"lp1",
+        "mf-db": b"telegraf",
+        "mf-rp": b"autogen",
+        "mf-received-ns": b"99",
+    }
     assert rec.key is None
     assert rec.value.split(b"\n")[0] == b"cpu,host=a n=2i,ok=true,u=3u,usage=1.5 10"
     chunk = decode_record(rec.value, rec.headers)
@@ -55,10 +58,12 @@ def test_columns_hold_every_numeric_sample_with_its_series_field_time_and_kind()
             (c.series_keys[s], c.field_keys[f], int(t), float(v), int(k)) for s, f, t, v, k in cols
         }
         assert samples == {
-            ("cpu,host=a", "n", 10, 2.0, 1), ("cpu,host=a", "u", 10, 3.0, 2),
-            ("cpu,host=a", "usage", 10, 1.5, 0), ("cpu,host=b", "usage", 20, 2.5, 0),
+            ("cpu,host=a", "n", 10, 2.0, 1),
+            ("cpu,host=a", "u", 10, 3.0, 2),
+            ("cpu,host=a", "usage", 10, 1.5, 0),
+            ("cpu,host=b", "usage", 20, 2.5, 0),
             ("cpu,host=a", "usage", 30, 3.5, 0),
-        }  # fmt: skip
+        }
         assert c.non_numeric == 2
         assert c.point_count == 3
         assert c.time_ns.dtype == np.int64

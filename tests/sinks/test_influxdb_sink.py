@@ -73,14 +73,21 @@ def raw(db: str, *lines: str) -> RawLinesBatch:
 def one_aggregate_row(db: str, tier: str = "1m") -> AggregateBatch:
     key = window_key(db, "cpu,host=a", "usage")
     return AggregateBatch(
-        key_group=0, tier=tier, window_ns=60_000_000_000, keys=(key,),
+        key_group=0,
+        tier=tier,
+        window_ns=60_000_000_000,
+        keys=(key,),
         key_idx=np.array([0], dtype=np.int32),
         window_start_ns=np.array([NOW_NS], dtype=np.int64),
-        count=np.array([3], dtype=np.int64), sum=np.array([6.5]), min=np.array([1.0]),
-        max=np.array([3.5]), first_ts_ns=np.array([NOW_NS + 1], dtype=np.int64),
-        first=np.array([1.0]), last_ts_ns=np.array([NOW_NS + 3], dtype=np.int64),
+        count=np.array([3], dtype=np.int64),
+        sum=np.array([6.5]),
+        min=np.array([1.0]),
+        max=np.array([3.5]),
+        first_ts_ns=np.array([NOW_NS + 1], dtype=np.int64),
+        first=np.array([1.0]),
+        last_ts_ns=np.array([NOW_NS + 3], dtype=np.int64),
         last=np.array([2.0]),
-    )  # fmt: skip
+    )
 
 
 def test_ensure_database_creates_one_retention_policy_per_tier_with_raw_as_default(
@@ -101,9 +108,10 @@ def test_ensure_database_creates_one_retention_policy_per_tier_with_raw_as_defau
 
 
 def test_ensure_database_alters_a_policy_whose_duration_changed(
-    influxdb_server: InfluxDBServer, sink_factory: SinkFactory,
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
     influx_database_factory: Callable[..., str],
-) -> None:  # fmt: skip
+) -> None:
     db = influx_database_factory()
     sink = sink_factory()
     ensure_database(sink._client, db, DEFAULT_TIERS)
@@ -115,9 +123,10 @@ def test_ensure_database_alters_a_policy_whose_duration_changed(
 
 
 def test_raw_lines_and_tier_rows_are_written_with_continuous_query_field_names(
-    influxdb_server: InfluxDBServer, sink_factory: SinkFactory,
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
     influx_database_factory: Callable[..., str],
-) -> None:  # fmt: skip
+) -> None:
     db = influx_database_factory()
     sink = sink_factory()
     sink.write_raw(raw(db, f"cpu,host=a usage=1 {NOW_NS + 1}", f'cpu,host=a s="x" {NOW_NS + 2}'))
@@ -130,16 +139,27 @@ def test_raw_lines_and_tier_rows_are_written_with_continuous_query_field_names(
         (NOW_NS + 2, None, "x"),
     ]
     tier = rows(influxdb_server.url, db, 'SELECT * FROM "1m"."cpu" GROUP BY *')
-    assert tier == [{
-        "host": "a", "time": NOW_NS, "count_usage": 3, "sum_usage": 6.5, "min_usage": 1.0,
-        "max_usage": 3.5, "mean_usage": 6.5 / 3, "first_usage": 1.0, "last_usage": 2.0,
-    }]  # fmt: skip
+    assert tier == [
+        {
+            "host": "a",
+            "time": NOW_NS,
+            "count_usage": 3,
+            "sum_usage": 6.5,
+            "min_usage": 1.0,
+            "max_usage": 3.5,
+            "mean_usage": 6.5 / 3,
+            "first_usage": 1.0,
+            "last_usage": 2.0,
+        }
+    ]
 
 
 def test_a_field_type_conflict_dead_letters_only_the_conflicting_line(
-    influxdb_server: InfluxDBServer, sink_factory: SinkFactory,
-    influx_database_factory: Callable[..., str], tmp_path: Path,
-) -> None:  # fmt: skip
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
+    influx_database_factory: Callable[..., str],
+    tmp_path: Path,
+) -> None:
     db = influx_database_factory()
     sink = sink_factory()
     good = [f"m,k=a v=1.5 {NOW_NS + i}" for i in range(10)]
@@ -155,9 +175,11 @@ def test_a_field_type_conflict_dead_letters_only_the_conflicting_line(
 
 
 def test_a_partial_write_dead_letters_the_unparseable_line_and_keeps_the_rest(
-    influxdb_server: InfluxDBServer, sink_factory: SinkFactory,
-    influx_database_factory: Callable[..., str], tmp_path: Path,
-) -> None:  # fmt: skip
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
+    influx_database_factory: Callable[..., str],
+    tmp_path: Path,
+) -> None:
     db = influx_database_factory()
     sink = sink_factory()
     sink.write_raw(raw(db, f"m v=1 {NOW_NS}", "m v=oops 1", f"m v=2 {NOW_NS + 1}"))
@@ -168,9 +190,10 @@ def test_a_partial_write_dead_letters_the_unparseable_line_and_keeps_the_rest(
 
 
 def test_points_beyond_retention_are_dead_lettered_with_their_reason(
-    influxdb_server: InfluxDBServer, sink_factory: SinkFactory,
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
     influx_database_factory: Callable[..., str],
-) -> None:  # fmt: skip
+) -> None:
     db = influx_database_factory()
     sink = sink_factory()
     old = NOW_NS - 30 * 86_400_000_000_000
@@ -180,8 +203,9 @@ def test_points_beyond_retention_are_dead_lettered_with_their_reason(
 
 
 def test_databases_outside_the_allow_list_are_dead_lettered_not_created(
-    influxdb_server: InfluxDBServer, sink_factory: SinkFactory,
-) -> None:  # fmt: skip
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
+) -> None:
     sink = sink_factory(database_allowlist=("prod_*",))
     name = f"other_{time.time_ns()}"
     sink.write_raw(raw(name, f"m v=1 {NOW_NS}"))
@@ -192,9 +216,10 @@ def test_databases_outside_the_allow_list_are_dead_lettered_not_created(
 
 
 def test_an_influxdb_outage_blocks_the_flush_and_writes_resume_after_restart(
-    influxdb_server: InfluxDBServer, sink_factory: SinkFactory,
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
     influx_database_factory: Callable[..., str],
-) -> None:  # fmt: skip
+) -> None:
     db = influx_database_factory()
     sink = sink_factory(max_pending_requests=1, batch_max_points=10)
     sink.write_raw(raw(db, f"m v=0 {NOW_NS}"))

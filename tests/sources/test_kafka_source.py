@@ -64,9 +64,12 @@ async def source_factory(kafka_broker: KafkaServer) -> AsyncIterator[SourceFacto
     async def make(topic: str, group: str | None = None) -> tuple[KafkaSource, RecordingListener]:
         source = KafkaSource(
             "kafka-source",
-            KafkaSourceConfig(bootstrap_servers=kafka_broker.bootstrap, topic=topic,
-                              group_id=group or f"g-{uuid.uuid4().hex[:8]}"),
-        )  # fmt: skip
+            KafkaSourceConfig(
+                bootstrap_servers=kafka_broker.bootstrap,
+                topic=topic,
+                group_id=group or f"g-{uuid.uuid4().hex[:8]}",
+            ),
+        )
         listener = RecordingListener()
         await source.start(listener)
         sources.append(source)
@@ -104,10 +107,15 @@ async def test_a_reader_hands_out_raw_lines_then_samples_and_advances_its_positi
     kafka_broker: KafkaServer, topic_factory: TopicFactory, source_factory: SourceFactory
 ) -> None:
     topic = await topic_factory(partitions=2)
-    await produce(kafka_broker.bootstrap, topic, 1, [
-        lp1("db1", "cpu,host=a usage=1.5,n=2i 1000", "cpu,host=b usage=3 2000"),
-        lp1("db2", 'cpu,host=a usage=7,s="x" 3000'),
-    ])  # fmt: skip
+    await produce(
+        kafka_broker.bootstrap,
+        topic,
+        1,
+        [
+            lp1("db1", "cpu,host=a usage=1.5,n=2i 1000", "cpu,host=b usage=3 2000"),
+            lp1("db2", 'cpu,host=a usage=7,s="x" 3000'),
+        ],
+    )
     source, listener = await source_factory(topic)
     await wait_for(lambda: listener.assigned == {0, 1})
     reader = source.create_reader(1)
@@ -127,9 +135,11 @@ async def test_a_reader_hands_out_raw_lines_then_samples_and_advances_its_positi
         )
     )
     assert samples == [
-        ("db1", "cpu,host=a", "n", 1000, 2.0), ("db1", "cpu,host=a", "usage", 1000, 1.5),
-        ("db1", "cpu,host=b", "usage", 2000, 3.0), ("db2", "cpu,host=a", "usage", 3000, 7.0),
-    ]  # fmt: skip
+        ("db1", "cpu,host=a", "n", 1000, 2.0),
+        ("db1", "cpu,host=a", "usage", 1000, 1.5),
+        ("db1", "cpu,host=b", "usage", 2000, 3.0),
+        ("db2", "cpu,host=a", "usage", 3000, 7.0),
+    ]
     assert decode_offset(reader.snapshot_position(1)) == 2
     assert source.stats.points_in == 3
 
@@ -170,12 +180,17 @@ async def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_reader_keep
     kafka_broker: KafkaServer, topic_factory: TopicFactory, source_factory: SourceFactory
 ) -> None:
     topic = await topic_factory(partitions=1)
-    await produce(kafka_broker.bootstrap, topic, 0, [
-        lp1("db", "m v=1 1"),
-        (b"this is not line protocol", [("mf-format", b"lp1"), ("mf-db", b"db")]),
-        (b"m v=1 1", [("mf-format", b"lp9"), ("mf-db", b"db")]),
-        lp1("db", "m v=4 4"),
-    ])  # fmt: skip
+    await produce(
+        kafka_broker.bootstrap,
+        topic,
+        0,
+        [
+            lp1("db", "m v=1 1"),
+            (b"this is not line protocol", [("mf-format", b"lp1"), ("mf-db", b"db")]),
+            (b"m v=1 1", [("mf-format", b"lp9"), ("mf-db", b"db")]),
+            lp1("db", "m v=4 4"),
+        ],
+    )
     source, listener = await source_factory(topic)
     await wait_for(lambda: listener.assigned == {0})
     reader = source.create_reader(0)
@@ -185,8 +200,12 @@ async def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_reader_keep
     assert isinstance(batch, RecordBatch)
     assert batch.values.tolist() == [1.0, 4.0]
     assert source.stats.dead_letters == 2
-    dlq = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=kafka_broker.bootstrap,
-                           auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+    dlq = AIOKafkaConsumer(
+        f"{topic}.dlq",
+        bootstrap_servers=kafka_broker.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await dlq.start()
     try:
         got = await dlq.getmany(timeout_ms=10_000)

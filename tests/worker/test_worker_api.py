@@ -46,8 +46,15 @@ async def test_the_cli_lists_checkpoints_and_triggers_and_lists_savepoints_of_a_
     Sender(stack.gateway.url, stack.db, series=5).run_for(2)
 
     table = cli("checkpoint", "list", "--url", worker.url).splitlines()
-    assert table[0].split("\t") == ["id", "status", "savepoint", "trigger_ns", "duration_ms",
-                                    "size", "alignment_ms"]  # fmt: skip
+    assert table[0].split("\t") == [
+        "id",
+        "status",
+        "savepoint",
+        "trigger_ns",
+        "duration_ms",
+        "size",
+        "alignment_ms",
+    ]
     rows = [line.split("\t") for line in table[1:]]
     completed = [r for r in rows if r[1] == "completed"]
     assert completed, table
@@ -68,8 +75,12 @@ async def test_the_cli_lists_checkpoints_and_triggers_and_lists_savepoints_of_a_
     history = json.loads(cli("checkpoint", "list", "--url", worker.url, "--json"))
     assert any(h["is_savepoint"] and h["status"] == "completed" for h in history["history"])
 
-    failed = subprocess.run([*METRICSFLOW, "checkpoint", "list", "--url", "http://127.0.0.1:9"],
-                            capture_output=True, timeout=60, check=False)  # fmt: skip
+    failed = subprocess.run(
+        [*METRICSFLOW, "checkpoint", "list", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert failed.returncode != 0
 
 
@@ -87,8 +98,9 @@ async def test_queryable_state_returns_the_in_progress_aggregates_of_one_series(
         body = httpx.get(url, timeout=10).json()
         problems = []
         for tier, window in TIERS.items():
-            expected = {ts: agg for (s, ts), agg in reference(sender.acked, window).items()
-                        if s == series}  # fmt: skip
+            expected = {
+                ts: agg for (s, ts), agg in reference(sender.acked, window).items() if s == series
+            }
             rows = body["tiers"][tier]
             if not rows:  # a coarse tier gets rows once the finer tier's windows fire
                 problems.append((tier, "no rows yet", None))
@@ -121,8 +133,9 @@ async def test_queryable_state_is_404_on_a_worker_that_does_not_own_the_series_p
     w2 = stack.worker("w2")
     deadline = time.monotonic() + 60
     while True:  # until the group settled on one partition each
-        owned = [httpx.get(f"{w.url}/jobs/overview").json()["jobs"][0]["key_groups"]
-                 for w in (w1, w2)]  # fmt: skip
+        owned = [
+            httpx.get(f"{w.url}/jobs/overview").json()["jobs"][0]["key_groups"] for w in (w1, w2)
+        ]
         if sorted(kg for kgs in owned for kg in kgs) == [0, 1] and all(owned):
             break
         assert time.monotonic() < deadline, owned

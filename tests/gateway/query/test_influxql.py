@@ -68,9 +68,14 @@ def test_a_grafana_query_parses_into_its_parts() -> None:
 
 @pytest.mark.parametrize(
     ("text", "ns"),
-    [("1h30m", 5_400_000_000_000), ("1700000000000ms", 1_700_000_000_000_000_000),
-     ("10u", 10_000), ("2w", 1_209_600_000_000_000), ("5ns", 5)],
-)  # fmt: skip
+    [
+        ("1h30m", 5_400_000_000_000),
+        ("1700000000000ms", 1_700_000_000_000_000_000),
+        ("10u", 10_000),
+        ("2w", 1_209_600_000_000_000),
+        ("5ns", 5),
+    ],
+)
 def test_durations_are_read_in_nanoseconds(text: str, ns: int) -> None:
     stmt = parse_select(f"SELECT count(v) FROM m GROUP BY time({text})")
     assert stmt.dimensions == (TimeDimension(DurationLit(ns)),)
@@ -87,9 +92,13 @@ def test_statements_split_on_semicolons_outside_quotes_and_regexes() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["SHOW MEASUREMENTS", "SELECT * FROM (SELECT a FROM b)", "SELECT a INTO b FROM c",
-     "DROP DATABASE x"],
-)  # fmt: skip
+    [
+        "SHOW MEASUREMENTS",
+        "SELECT * FROM (SELECT a FROM b)",
+        "SELECT a INTO b FROM c",
+        "DROP DATABASE x",
+    ],
+)
 def test_valid_influxql_outside_the_subset_is_unrewritable(text: str) -> None:
     with pytest.raises(UnrewritableQueryError):
         parse_select(text)
@@ -97,9 +106,15 @@ def test_valid_influxql_outside_the_subset_is_unrewritable(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["SELECT a FROM b WHERE x = $host", "SELECT count(v) FROM m GROUP BY time(1h30)",
-     "SELECT a FROM", "SELECT a FROM b WHERE s = 'open", "SELECT FROM b", "SELECT a FROM b c"],
-)  # fmt: skip
+    [
+        "SELECT a FROM b WHERE x = $host",
+        "SELECT count(v) FROM m GROUP BY time(1h30)",
+        "SELECT a FROM",
+        "SELECT a FROM b WHERE s = 'open",
+        "SELECT FROM b",
+        "SELECT a FROM b c",
+    ],
+)
 def test_broken_text_is_a_syntax_error(text: str) -> None:
     with pytest.raises(InfluxQLSyntaxError):
         parse_select(text)
@@ -130,16 +145,18 @@ def regex_patterns(max_size: int) -> st.SearchStrategy[str]:
 def _binary(children: st.SearchStrategy[Expr]) -> st.SearchStrategy[Expr]:
     wrapped = children.map(lambda e: ParenExpr(e) if isinstance(e, BinaryExpr) else e)
     ops = st.sampled_from(["AND", "OR", "=", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/"])
-    regex = st.builds(BinaryExpr, st.sampled_from(["=~", "!~"]), wrapped,
-                      st.builds(RegexLit, regex_patterns(6)))  # fmt: skip
+    regex = st.builds(
+        BinaryExpr, st.sampled_from(["=~", "!~"]), wrapped, st.builds(RegexLit, regex_patterns(6))
+    )
     return st.one_of(st.builds(BinaryExpr, ops, wrapped, wrapped), regex)
 
 
 exprs = st.recursive(leaves, _binary, max_leaves=6)
 calls = st.builds(
-    Call, st.sampled_from(["count", "sum", "min", "max", "mean", "first", "last"]),
+    Call,
+    st.sampled_from(["count", "sum", "min", "max", "mean", "first", "last"]),
     st.tuples(st.builds(VarRef, names)),
-)  # fmt: skip
+)
 statements = st.builds(
     SelectStatement,
     fields=st.lists(st.builds(Field, calls, st.none() | names), min_size=1, max_size=3).map(tuple),

@@ -142,8 +142,14 @@ async def test_several_aggregates_keep_the_column_names_influxdb_gives_them(
     assert got.headers[TIER_HEADER] == "1h"
     assert_same_answer(got.json(), want)
     assert got.json()["results"][0]["series"][0]["columns"] == [
-        "time", "mean", "mean_2", "hot", "mean_1", "sum", "min"
-    ]  # fmt: skip
+        "time",
+        "mean",
+        "mean_2",
+        "hot",
+        "mean_1",
+        "sum",
+        "min",
+    ]
 
 
 async def test_relative_ranges_and_rfc3339_times_are_answered_like_raw(
