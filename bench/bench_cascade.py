@@ -39,9 +39,9 @@ from metricsflow.model.columnar import ColumnarChunk
 from metricsflow.runtime.base import Operator, OperatorContext, Output, StateInitializationContext
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import KeyedStateBackend
-from metricsflow.time import WatermarkAssigner, WatermarkStrategy
 from metricsflow.windows import DEFAULT_TIERS, build_cascade
 from metricsflow.windows.keys import WindowKeyIndex
+from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 
 S = 1_000_000_000
 INTERVAL_NS = 10 * S

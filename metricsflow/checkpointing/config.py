@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from metricsflow.checkpointing.protocol import CheckpointingMode
 from metricsflow.errors import ConfigurationError
-from metricsflow.runtime.records import CheckpointingMode
 
 NS_PER_MS = 1_000_000
 

@@ -25,15 +25,13 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from metricsflow.checkpointing.base import (
     CheckpointFailureReason,
     CheckpointStorage,
-    KeyGroupStateHandle,
-    OperatorStateHandle,
 )
 from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.checkpointing.metadata import (
@@ -44,13 +42,14 @@ from metricsflow.checkpointing.metadata import (
     encode_metadata,
     metadata_path,
 )
-from metricsflow.checkpointing.shared_registry import SharedStateRegistry
-from metricsflow.errors import CheckpointError
-from metricsflow.runtime.records import (
+from metricsflow.checkpointing.protocol import (
     CheckpointBarrier,
     CheckpointOptions,
     CheckpointType,
+    TaskAcknowledgement,
 )
+from metricsflow.checkpointing.shared_registry import SharedStateRegistry
+from metricsflow.errors import CheckpointError
 from metricsflow.time.base import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -79,18 +78,6 @@ class CheckpointFailedError(CheckpointError):
         )
         self.checkpoint_id = checkpoint_id
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class TaskAcknowledgement:
-    """What a task sends when its snapshot of checkpoint *n* is persisted."""
-
-    keyed: Sequence[tuple[str, KeyGroupStateHandle]] = ()
-    operator: Sequence[OperatorStateHandle] = ()
-    key_groups: frozenset[int] = frozenset()
-    sync_duration_ns: int = 0
-    async_duration_ns: int = 0
-    alignment_duration_ns: int = 0
 
 
 class CheckpointParticipants(Protocol):

@@ -36,8 +36,8 @@ from metricsflow.checkpointing.base import (
     OperatorStateHandle,
     StreamStateHandle,
 )
+from metricsflow.checkpointing.protocol import CheckpointingMode, CheckpointType
 from metricsflow.errors import CheckpointError
-from metricsflow.runtime.records import CheckpointingMode, CheckpointType
 
 METADATA_FORMAT = "metricsflow-checkpoint-metadata"
 METADATA_VERSION = 1

@@ -23,9 +23,9 @@ from metricsflow.runtime.graph import JobGraph
 from metricsflow.runtime.records import RecordBatch
 from metricsflow.sinks.base import Sink, SinkOperator
 from metricsflow.sources.kafka import KafkaSource
-from metricsflow.time.watermarks import WatermarkAssigner, WatermarkStrategy
 from metricsflow.windows.base import DEFAULT_TIERS, TierSpec, validate_tiers
 from metricsflow.windows.operator import build_cascade
+from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 
 SOURCE_UID = "kafka-source"
 WATERMARKS_UID = "watermarks"

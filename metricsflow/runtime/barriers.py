@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from metricsflow.checkpointing.base import CheckpointFailureReason
-from metricsflow.runtime.records import CheckpointBarrier, CheckpointingMode
+from metricsflow.checkpointing.protocol import CheckpointBarrier, CheckpointingMode
 
 logger = logging.getLogger(__name__)
 

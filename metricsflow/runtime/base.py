@@ -24,13 +24,8 @@ from metricsflow.checkpointing.base import (
     KeyGroupStateHandle,
     OperatorStateHandle,
 )
-from metricsflow.runtime.records import (
-    AggregateBatch,
-    CheckpointBarrier,
-    RawLinesBatch,
-    RecordBatch,
-    Watermark,
-)
+from metricsflow.checkpointing.protocol import CheckpointBarrier
+from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import AsyncSnapshot, KeyedStateBackend
 
 

@@ -31,6 +31,7 @@ from metricsflow.checkpointing.coordinator import (
     CompletedCheckpoint,
     max_checkpoint_id_in,
 )
+from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.checkpointing.recovery import CheckpointRecovery, KeyGroupRestore, RestorePlan
 from metricsflow.checkpointing.savepoints import (
     StorageFactory,
@@ -46,7 +47,6 @@ from metricsflow.runtime.managed_state import (
     NoKeyedStateBackend,
     SnapshotPolicy,
 )
-from metricsflow.runtime.records import CheckpointBarrier
 from metricsflow.runtime.task import (
     SINK_TASK_ID,
     OperatorChain,

@@ -8,11 +8,12 @@ keep their per-record meaning while the operators work per batch.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from metricsflow.checkpointing.protocol import CheckpointBarrier
 
 Int64Array = npt.NDArray[np.int64]
 Float64Array = npt.NDArray[np.float64]
@@ -106,31 +107,6 @@ class Watermark:
 
     key_group: int
     timestamp_ns: int
-
-
-class CheckpointType(enum.Enum):
-    CHECKPOINT = "checkpoint"
-    SAVEPOINT = "savepoint"
-
-
-class CheckpointingMode(enum.Enum):
-    EXACTLY_ONCE = "exactly_once"
-    AT_LEAST_ONCE = "at_least_once"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointOptions:
-    checkpoint_type: CheckpointType = CheckpointType.CHECKPOINT
-    mode: CheckpointingMode = CheckpointingMode.EXACTLY_ONCE
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointBarrier:
-    """Barrier ``checkpoint_id``: everything before it belongs to checkpoint n's state."""
-
-    checkpoint_id: int
-    timestamp_ns: int
-    options: CheckpointOptions = field(default_factory=CheckpointOptions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ returned ``None`` the task asks :meth:`SourceReader.watermark_status`: ``IDLE`` 
 nothing to read right now" (caught up with the end of the input), ``ACTIVE`` means input is or
 may be waiting (the reader is held back by backpressure, not positioned yet, or cannot tell
 because its broker is unreachable). Only an ``IDLE`` key group's watermark may advance with the
-wall clock (``metricsflow.time.watermarks``); a batch always makes it ``ACTIVE`` again.
+wall clock (``metricsflow.windows.watermarks``); a batch always makes it ``ACTIVE`` again.
 """
 
 from __future__ import annotations

@@ -36,7 +36,11 @@ from metricsflow.checkpointing.base import (
     KeyGroupStateHandle,
     OperatorStateHandle,
 )
-from metricsflow.checkpointing.coordinator import TaskAcknowledgement
+from metricsflow.checkpointing.protocol import (
+    CheckpointBarrier,
+    CheckpointingMode,
+    TaskAcknowledgement,
+)
 from metricsflow.errors import MetricsflowError
 from metricsflow.runtime.barriers import CheckpointBarrierHandler
 from metricsflow.runtime.base import (
@@ -49,8 +53,6 @@ from metricsflow.runtime.graph import ChannelElement, InputGate, SideOutputEleme
 from metricsflow.runtime.managed_state import ManagedStateBackend
 from metricsflow.runtime.records import (
     AggregateBatch,
-    CheckpointBarrier,
-    CheckpointingMode,
     EndOfPartition,
     RawLinesBatch,
     RecordBatch,

@@ -30,14 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from metricsflow.checkpointing.base import KeyGroupStateHandle
+from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.runtime.base import Operator, OperatorSnapshot, Output
-from metricsflow.runtime.records import (
-    AggregateBatch,
-    CheckpointBarrier,
-    RawLinesBatch,
-    RecordBatch,
-    Watermark,
-)
+from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import AsyncSnapshot
 
 

@@ -16,9 +16,9 @@ from metricsflow.state.config import StateBackendConfig
 from metricsflow.testing.sinks import CollectedResults, CollectingSink
 from metricsflow.testing.sources import InMemorySource
 from metricsflow.time.base import Clock, ManualClock
-from metricsflow.time.watermarks import WatermarkAssigner, WatermarkStrategy
 from metricsflow.windows.base import DEFAULT_TIERS, TierSpec
 from metricsflow.windows.operator import build_cascade
+from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 
 WATERMARK_UID = "watermarks"
 

@@ -18,14 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from metricsflow.checkpointing.base import KeyGroupStateHandle
+from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.runtime.base import Operator, OperatorSnapshot, Output
-from metricsflow.runtime.records import (
-    AggregateBatch,
-    CheckpointBarrier,
-    RawLinesBatch,
-    RecordBatch,
-    Watermark,
-)
+from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import AsyncSnapshot
 from metricsflow.testing.sources import SimulatedCrashError
 

@@ -1,21 +1,14 @@
-"""Event time: clocks and per-key-group watermarks."""
+"""Time below the runtime: clocks and durations, integer nanoseconds since the epoch.
+
+Watermarks (an operator) live above the runtime, in :mod:`metricsflow.windows.watermarks`.
+"""
 
 from metricsflow.time.base import Clock, ManualClock, SystemClock
-from metricsflow.time.watermarks import (
-    MAX_WATERMARK_NS,
-    WatermarkAssigner,
-    WatermarkGenerator,
-    WatermarkGeneratorState,
-    WatermarkStrategy,
-)
+from metricsflow.time.durations import parse_duration_ns
 
 __all__ = [
-    "MAX_WATERMARK_NS",
     "Clock",
     "ManualClock",
     "SystemClock",
-    "WatermarkAssigner",
-    "WatermarkGenerator",
-    "WatermarkGeneratorState",
-    "WatermarkStrategy",
+    "parse_duration_ns",
 ]

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from metricsflow.checkpointing.base import CheckpointStorage
+from metricsflow.checkpointing.protocol import CheckpointBarrier, CheckpointType
 from metricsflow.errors import ConfigurationError, StateError
 from metricsflow.runtime.base import (
     Operator,
@@ -42,14 +43,7 @@ from metricsflow.runtime.base import (
     Output,
     StateInitializationContext,
 )
-from metricsflow.runtime.records import (
-    AggregateBatch,
-    CheckpointBarrier,
-    CheckpointType,
-    RawLinesBatch,
-    RecordBatch,
-    Watermark,
-)
+from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import KeyedStateBackend, StateDescriptor
 from metricsflow.state.serializers import INT64, NUMPY_COLUMNS, ColumnarChunk
 from metricsflow.windows import kernels

@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector
 
 from metricsflow.job.runner import DownsamplingRunner
 from metricsflow.runtime.source import WatermarkStatus
-from metricsflow.time.watermarks import WatermarkAssigner
+from metricsflow.windows.watermarks import WatermarkAssigner
 
 
 class WorkerCollector(Collector):

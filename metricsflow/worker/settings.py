@@ -25,14 +25,15 @@ from pydantic_settings import (
 )
 
 from metricsflow.checkpointing.config import CheckpointConfig
+from metricsflow.checkpointing.protocol import CheckpointingMode
 from metricsflow.errors import ConfigurationError
 from metricsflow.job.graph import DownsamplingJobConfig
 from metricsflow.job.runner import RunnerConfig
-from metricsflow.runtime.records import CheckpointingMode
 from metricsflow.sinks.influxdb import InfluxDBSinkConfig
 from metricsflow.sources.kafka import KafkaSourceConfig
 from metricsflow.state.config import StateBackendConfig
-from metricsflow.windows.base import RAW_TIER, TierSpec, parse_duration_ns, validate_tiers
+from metricsflow.time.durations import parse_duration_ns
+from metricsflow.windows.base import RAW_TIER, TierSpec, validate_tiers
 
 DEFAULT_WORKER_PORT = 8190
 

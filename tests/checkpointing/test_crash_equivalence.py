@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from metricsflow.checkpointing.config import CheckpointConfig
-from metricsflow.runtime.records import CheckpointingMode
+from metricsflow.checkpointing.protocol import CheckpointingMode
 from metricsflow.testing import CRASH, CRASH_DURING_CHECKPOINT, CollectedResults, InMemorySource
 from metricsflow.testing.harness import JobRunner, metric_batches, with_markers
 

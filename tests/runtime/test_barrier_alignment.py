@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from metricsflow.checkpointing.base import CheckpointFailureReason
+from metricsflow.checkpointing.protocol import CheckpointBarrier, CheckpointingMode
 from metricsflow.runtime.barriers import (
     CheckpointBarrierHandler,
     CollectingBarriers,
     WaitingForFirstBarrier,
 )
-from metricsflow.runtime.records import CheckpointBarrier, CheckpointingMode
 
 
 class Recorder:

@@ -25,7 +25,7 @@ from metricsflow.runtime.source import (
     WatermarkStatus,
 )
 from metricsflow.state.heap import HeapKeyedStateBackend
-from metricsflow.time import WatermarkAssigner, WatermarkStrategy
+from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 
 MS = 1_000_000
 EVENT_TS = 1_000_000 * MS  # far in the past: an idle advance is unmistakable

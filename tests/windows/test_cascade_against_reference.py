@@ -27,8 +27,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from metricsflow.runtime.records import AggregateBatch, RecordBatch
-from metricsflow.time import ManualClock, WatermarkAssigner, WatermarkStrategy
+from metricsflow.time import ManualClock
 from metricsflow.windows import TierSpec, build_cascade
+from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 
 S = 1_000_000_000
 TIERS = (

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metricsflow.checkpointing.base import OperatorStateHandle
+from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.errors import ConfigurationError, SerializationError
 from metricsflow.runtime.base import (
     Operator,
@@ -47,16 +48,10 @@ from metricsflow.runtime.base import (
     Output,
     StateInitializationContext,
 )
-from metricsflow.runtime.records import (
-    AggregateBatch,
-    CheckpointBarrier,
-    RawLinesBatch,
-    RecordBatch,
-    Watermark,
-)
+from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.runtime.source import WatermarkStatus
 from metricsflow.time.base import Clock, SystemClock
-from metricsflow.windows.base import parse_duration_ns
+from metricsflow.time.durations import parse_duration_ns
 
 logger = logging.getLogger(__name__)
 

@@ -11,25 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metricsflow.checkpointing.base import OperatorStateHandle
+from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.errors import ConfigurationError, SerializationError
 from metricsflow.runtime.base import OperatorContext, Output, StateInitializationContext
-from metricsflow.runtime.records import (
-    AggregateBatch,
-    CheckpointBarrier,
-    RawLinesBatch,
-    RecordBatch,
-    Watermark,
-)
+from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.runtime.source import WatermarkStatus
 from metricsflow.state.heap import HeapKeyedStateBackend
-from metricsflow.time import (
-    ManualClock,
-    SystemClock,
+from metricsflow.time import ManualClock, SystemClock
+from metricsflow.windows import TierSpec, TierWindowOperator
+from metricsflow.windows.watermarks import (
     WatermarkAssigner,
     WatermarkGeneratorState,
     WatermarkStrategy,
 )
-from metricsflow.windows import TierSpec, TierWindowOperator
 
 S = 1_000_000_000
 
