@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from metricsflow.checkpointing.recovery import CheckpointRecovery, RestorePlan
 from metricsflow.errors import ConfigurationError
 from metricsflow.runtime.job import Job
+from metricsflow.time.base import SleepingClock
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,13 @@ async def run_with_restarts(
     *,
     restore: RestorePlan | None = None,
     on_restart: Callable[[BaseException, int], None] | None = None,
+    clock: SleepingClock | None = None,
 ) -> int:
-    """Run a job to its end, restarting it after failures; return how many restarts."""
+    """Run a job to its end, restarting it after failures; return how many restarts.
+
+    Failure times and restart delays follow ``clock`` (tests pass a ``ManualClock``); without
+    one, ``time.monotonic`` and ``asyncio.sleep``.
+    """
     wanted = sorted(set(key_groups))
     restarts = 0
     plan = restore
@@ -111,7 +117,8 @@ async def run_with_restarts(
             await job.run()
             return restarts
         except Exception as exc:
-            if not strategy.can_restart(time.monotonic()):
+            now_s = time.monotonic() if clock is None else clock.now_ns() / 1e9
+            if not strategy.can_restart(now_s):
                 logger.error("job failed, no restart left restarts=%d error=%r", restarts, exc)
                 raise
             restarts += 1
@@ -123,7 +130,10 @@ async def run_with_restarts(
             )
             if on_restart is not None:
                 on_restart(exc, restarts)
-            await asyncio.sleep(strategy.delay_s)
+            if clock is None:
+                await asyncio.sleep(strategy.delay_s)
+            else:
+                await clock.sleep_ns(round(strategy.delay_s * 1e9))
             plan = CheckpointRecovery(
                 recovery.storage, verify_checksums=recovery.verify_checksums
             ).plan(wanted)
