@@ -75,7 +75,9 @@ class FailureRateRestartStrategy(RestartStrategy):
         if max_failures_per_interval < 1 or failure_rate_interval_s <= 0 or delay < 0:
             raise ConfigurationError(
                 "FailureRateRestartStrategy needs max_failures_per_interval >= 1, "
-                "failure_rate_interval_s > 0 and delay >= 0"
+                "failure_rate_interval_s > 0 and delay >= 0, got "
+                f"max_failures_per_interval={max_failures_per_interval} "
+                f"failure_rate_interval_s={failure_rate_interval_s} delay={delay}"
             )
         self.max_failures = max_failures_per_interval
         self.interval_s = failure_rate_interval_s

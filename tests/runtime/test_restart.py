@@ -158,6 +158,22 @@ def test_fixed_delay_refuses_a_negative_setting_naming_its_value(
         FixedDelayRestartStrategy(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        ((0, 60.0, 1.0), "max_failures_per_interval=0"),
+        ((1, 0.0, 1.0), "failure_rate_interval_s=0.0"),
+        ((1, -5.0, 1.0), "failure_rate_interval_s=-5.0"),
+        ((1, 60.0, -1.0), "delay=-1.0"),
+    ],
+)
+def test_failure_rate_refuses_an_invalid_setting_naming_its_value(
+    args: tuple[int, float, float], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        FailureRateRestartStrategy(*args)
+
+
 # -- run_with_restarts -----------------------------------------------------------------------
 
 
