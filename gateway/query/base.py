@@ -9,10 +9,10 @@ the raw tier unchanged. See ``docs/influxdb-layout.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from metricsflow.errors import MetricsflowError
 from metricsflow.windows.base import DEFAULT_TIERS, RAW_TIER, TierSpec, validate_tiers
@@ -107,6 +107,29 @@ class QuerySettings(BaseSettings):
             "InfluxDB unchanged. Chunked queries are always proxied."
         ),
     )
+
+    query_admin_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Tokens that may run statements changing InfluxDB through `/query` (`CREATE`, "
+            "`DROP`, `DELETE`, `ALTER`, `GRANT`, `REVOKE`, `KILL`, `SELECT ... INTO`, ...), "
+            "comma-separated, sent as the gateway's other tokens are, and only by POST. Empty "
+            "(the default): such statements are refused (403) for everyone; only `SELECT` "
+            "without `INTO`, `SHOW` and `EXPLAIN` pass. See docs/security.md."
+        ),
+    )
+    query_max_bytes: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Largest `/query` request body in bytes (413 beyond).",
+    )
+
+    @field_validator("query_admin_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
 
     @field_validator("query_tiers")
     @classmethod

@@ -156,6 +156,11 @@ class Lexer:
             elif text.startswith("--", self.pos):
                 end = text.find("\n", self.pos)
                 self.pos = len(text) if end < 0 else end + 1
+            elif text.startswith("/*", self.pos):  # a block comment, as InfluxDB's scanner
+                end = text.find("*/", self.pos + 2)
+                if end < 0:
+                    raise InfluxQLSyntaxError("unterminated comment", self.pos)
+                self.pos = end + 2
             else:
                 break
 
@@ -264,10 +269,16 @@ _PRECEDENCE: dict[str, int] = {
 _FILL_WORDS = {"NULL": "null", "NONE": "none", "PREVIOUS": "previous", "LINEAR": "linear"}
 
 
+#: Deepest nesting of parentheses and calls the parser follows (InfluxDB itself has no such
+#: limit; deeper text is not rewritten but proxied, and InfluxDB judges it).
+MAX_EXPRESSION_DEPTH = 64
+
+
 class Parser:
     def __init__(self, text: str) -> None:
         self.lexer = Lexer(text)
         self._peeked: tuple[Token, bool] | None = None
+        self._depth = 0
 
     # -- token plumbing --
     def peek(self, regex: bool = False) -> Token:
@@ -453,6 +464,17 @@ class Parser:
 
     # -- expressions --
     def expr(self, min_prec: int = 1) -> Expr:
+        self._depth += 1
+        try:
+            if self._depth > MAX_EXPRESSION_DEPTH:
+                raise InfluxQLSyntaxError(
+                    f"expression nested deeper than {MAX_EXPRESSION_DEPTH}", self.lexer.pos
+                )
+            return self._binary(min_prec)
+        finally:
+            self._depth -= 1
+
+    def _binary(self, min_prec: int) -> Expr:
         lhs = self.unary()
         while True:
             token = self.peek()

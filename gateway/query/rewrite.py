@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from gateway.query.access import regex_search
 from gateway.query.base import REWRITABLE_AGGREGATES, UnrewritableQueryError
 from gateway.query.syntax import (
     BinaryExpr,
@@ -149,7 +150,10 @@ def parse_time_string(text: str) -> int:
         raise UnrewritableQueryError(f"unsupported time literal {text!r}")
     date, clock, fraction, zone = match.groups()
     offset = "+00:00" if zone in (None, "Z") else zone
-    moment = datetime.fromisoformat(f"{date}T{clock}{offset}").astimezone(UTC)
+    try:
+        moment = datetime.fromisoformat(f"{date}T{clock}{offset}").astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise UnrewritableQueryError(f"invalid time literal {text!r}: {exc}") from None
     seconds = int((moment - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
     nanos = int((fraction or "").ljust(9, "0")) if fraction else 0
     return seconds * 1_000_000_000 + nanos
@@ -331,7 +335,7 @@ def check_tag_keys(analysis: Analysis, tag_keys: frozenset[str]) -> None:
         if isinstance(dim, TagDimension):
             grouped.add(dim.name)
         elif isinstance(dim, RegexDimension):
-            grouped.update(k for k in tag_keys if re.search(dim.pattern, k))
+            grouped.update(k for k in tag_keys if regex_search(dim.pattern, k))
     if not tag_keys <= grouped:
         raise UnrewritableQueryError("first/last are rewritten only when grouped by every tag")
 

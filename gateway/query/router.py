@@ -31,6 +31,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.query.access import (
+    StatementAccess,
+    presented_token,
+    split_and_classify,
+    token_in,
+)
 from gateway.query.base import (
     TIER_HEADER,
     InfluxQLSyntaxError,
@@ -39,7 +45,7 @@ from gateway.query.base import (
     UnrewritableQueryError,
     series_from_json,
 )
-from gateway.query.influxql import parse_select, split_statements
+from gateway.query.influxql import parse_select
 from gateway.query.results import merge_parts, statement_result
 from gateway.query.rewrite import (
     Analysis,
@@ -55,13 +61,80 @@ from metricsflow.windows.base import RAW_TIER
 
 logger = logging.getLogger(__name__)
 
-#: Request headers forwarded to InfluxDB (credentials and content negotiation of the body).
-_FORWARD_REQUEST_HEADERS = ("authorization", "content-type", "accept")
+#: Request headers forwarded to InfluxDB (credentials and content negotiation of the answer).
+_FORWARD_REQUEST_HEADERS = ("authorization", "accept")
 #: Response headers of InfluxDB returned to the client on a proxied request.
 _FORWARD_RESPONSE_HEADERS = ("content-type", "x-influxdb-version", "x-influxdb-build", "request-id")
 #: Parameters passed on to InfluxDB with the statements we build.
 _PASS_PARAMS = ("db", "rp", "u", "p")
+#: Parameters of a proxied request (bound ``params`` are not: the lexer refuses ``$name``).
+_PROXY_PARAMS = ("q", "db", "rp", "u", "p", "epoch", "chunked", "chunk_size", "pretty")
 _FORM = "application/x-www-form-urlencoded"
+
+
+class QueryRequestError(MetricsflowError):
+    """A ``/query`` request refused before anything reached InfluxDB; ``status`` is the HTTP
+    status of the answer (400 malformed, 403 not allowed, 405 wrong method, 413 too large,
+    415 unreadable body)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    """What the router reads from a ``/query`` request: the method, the parameters (URL and
+    form body; ``q`` at most once), the headers passed on to InfluxDB, the presented token."""
+
+    method: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    token: str | None
+
+
+async def read_query_request(request: Request, max_bytes: int) -> QueryRequest:
+    """Read a ``/query`` request: the body (at most ``max_bytes``, else 413), the form
+    parameters of a ``POST``, and the URL's. A ``q`` given twice is refused (400): InfluxDB and
+    we might not pick the same one."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise QueryRequestError(413, f"query body larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise QueryRequestError(413, f"query body larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    items = list(request.query_params.multi_items())
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if request.method == "POST" and body:
+        if media_type == _FORM:
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise QueryRequestError(400, f"form body is not UTF-8: {exc}") from None
+            items = parse_qsl(text, keep_blank_values=True) + items
+        elif media_type.startswith("multipart/"):
+            raise QueryRequestError(
+                415, "multipart bodies are not accepted: send q as a form field or parameter"
+            )
+    params: dict[str, str] = {}
+    for key, value in items:
+        if key == "q" and "q" in params:
+            raise QueryRequestError(400, 'parameter "q" given more than once')
+        params.setdefault(key, value)
+    headers = {
+        k.lower(): v for k, v in request.headers.items() if k.lower() in _FORWARD_REQUEST_HEADERS
+    }
+    token = presented_token(request.headers.get("authorization"), params.get("p"))
+    return QueryRequest(request.method, params, headers, token)
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class InfluxDBQueryError(MetricsflowError):
@@ -159,10 +232,16 @@ class QueryService:
             except (InfluxDBQueryError, httpx.HTTPError) as exc:
                 raise UnrewritableQueryError(f"could not read the tag keys: {exc}") from exc
             check_tag_keys(analysis, keys)
+            parts = build_parts(analysis, tier, now_ns, self.lag_ns)
         except (UnrewritableQueryError, InfluxQLSyntaxError) as exc:
             logger.debug("query to raw tier reason=%s statement=%r", exc, text)
             return None
-        parts = build_parts(analysis, tier, now_ns, self.lag_ns)
+        except (ValueError, ArithmeticError, RecursionError) as exc:
+            # Text our subset parser accepted but cannot plan (an impossible date, a number
+            # beyond any time range, an expression too deep): InfluxDB judges it, as any
+            # statement we do not rewrite. Never a 500.
+            logger.info("query to raw tier reason=%r statement=%.200r", exc, text)
+            return None
         logger.debug("query to tier=%s statement=%r parts=%d", tier.name, text, len(parts))
         return Plan(analysis, tier.name, parts)
 
@@ -179,18 +258,12 @@ class QueryService:
             self.statements.labels(tier=tier).inc()
 
     # -- request handling --
-    async def proxy(self, request: Request, body: bytes) -> Response:
-        headers = {
-            k: v for k, v in request.headers.items() if k.lower() in _FORWARD_REQUEST_HEADERS
-        }
+    async def proxy(self, request: QueryRequest) -> Response:
+        """Send the request's statements to InfluxDB as they are (a POST built from the
+        parameters we read and judged, never the client's raw request)."""
+        form = {k: v for k, v in request.params.items() if k in _PROXY_PARAMS}
         try:
-            upstream = await self.client.request(
-                request.method,
-                "/query",
-                params=list(request.query_params.multi_items()),
-                content=body,
-                headers=headers,
-            )
+            upstream = await self.client.post("/query", data=form, headers=request.headers)
         except httpx.HTTPError as exc:
             return JSONResponse({"error": f"influxdb unreachable: {exc}"}, status_code=502)
         out_headers = {
@@ -198,17 +271,14 @@ class QueryService:
         }
         return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
 
-    async def handle(self, request: Request) -> Response:
-        body = await request.body()
-        params = dict(request.query_params)
-        content_type = request.headers.get("content-type", "")
-        if request.method == "POST" and content_type.startswith(
-            "application/x-www-form-urlencoded"
-        ):
-            params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        q = params.get("q", "")
-        statements = split_statements(q) if q else []
-        headers = {k.lower(): v for k, v in request.headers.items()}
+    async def handle(self, http_request: Request) -> Response:
+        try:
+            request = await read_query_request(http_request, self.settings.query_max_bytes)
+            statements = self.authorize(request)
+        except QueryRequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        params = request.params
+        headers = request.headers
         plans: list[Plan | None] = []
         if self.settings.query_rewrite and params.get("chunked", "") not in ("true", "1"):
             now_ns = time.time_ns()
@@ -216,7 +286,7 @@ class QueryService:
         if not any(plans):
             for _ in statements:
                 self.count(RAW_TIER)
-            response = await self.proxy(request, body)
+            response = await self.proxy(request)
             response.headers[TIER_HEADER] = ",".join([RAW_TIER] * max(1, len(statements)))
             return response
         epoch = params.get("epoch") or None
@@ -237,6 +307,34 @@ class QueryService:
             self.count(tiers[-1])
             results.append(result)
         return JSONResponse({"results": results}, headers={TIER_HEADER: ",".join(tiers)})
+
+    def authorize(self, request: QueryRequest) -> list[str]:
+        """The statements of the request, once each is allowed to this client (see
+        :mod:`gateway.query.access`); :class:`QueryRequestError` otherwise."""
+        q = request.params.get("q", "").strip()
+        if not q:
+            raise QueryRequestError(400, 'missing required parameter "q"')
+        try:
+            judged = split_and_classify(q)
+        except InfluxQLSyntaxError as exc:
+            raise QueryRequestError(400, f"error parsing query: {exc}") from None
+        writes = [(i, s) for i, (s, access) in enumerate(judged) if access is StatementAccess.WRITE]
+        if writes:
+            i, text = writes[0]
+            what = f"statement {i + 1} ({_excerpt(text)}) changes InfluxDB"
+            admin_tokens = self.settings.query_admin_tokens
+            if not admin_tokens:
+                raise QueryRequestError(
+                    403,
+                    f"{what}; such statements are disabled here (set GATEWAY_QUERY_ADMIN_TOKENS "
+                    "to allow them to admins)",
+                )
+            if not token_in(request.token, admin_tokens):
+                raise QueryRequestError(403, f"{what}: it needs an admin token")
+            if request.method != "POST":
+                raise QueryRequestError(405, f"{what}: send it with POST, not {request.method}")
+            logger.warning("admin statement via /query statement=%r", _excerpt(text))
+        return [s for s, _ in judged]
 
     async def raw_statement(
         self,
