@@ -29,10 +29,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from metricsflow.checkpointing.base import (
-    CheckpointFailureReason,
-    CheckpointStorage,
-)
+from metricsflow.checkpointing.base import CheckpointFailureReason
 from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.checkpointing.metadata import (
     METADATA_FILE,
@@ -50,6 +47,7 @@ from metricsflow.checkpointing.protocol import (
 )
 from metricsflow.checkpointing.shared_registry import SharedStateRegistry
 from metricsflow.errors import CheckpointError
+from metricsflow.state.handles import CheckpointStorage
 from metricsflow.time.base import Clock, SystemClock
 
 logger = logging.getLogger(__name__)

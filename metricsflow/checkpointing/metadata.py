@@ -30,14 +30,14 @@ from typing import Any
 
 import orjson
 
-from metricsflow.checkpointing.base import (
+from metricsflow.checkpointing.protocol import CheckpointingMode, CheckpointType
+from metricsflow.errors import CheckpointError
+from metricsflow.state.handles import (
     CheckpointStorage,
     KeyGroupStateHandle,
     OperatorStateHandle,
     StreamStateHandle,
 )
-from metricsflow.checkpointing.protocol import CheckpointingMode, CheckpointType
-from metricsflow.errors import CheckpointError
 
 METADATA_FORMAT = "metricsflow-checkpoint-metadata"
 METADATA_VERSION = 1

@@ -13,7 +13,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from metricsflow.checkpointing.base import KeyGroupStateHandle, OperatorStateHandle
+from metricsflow.state.handles import KeyGroupStateHandle, OperatorStateHandle
 
 
 class CheckpointType(enum.Enum):

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from metricsflow.checkpointing.base import CheckpointStorage
 from metricsflow.checkpointing.metadata import (
     CheckpointMetadata,
     metadata_path,
@@ -22,6 +21,7 @@ from metricsflow.checkpointing.metadata import (
     verify_files,
 )
 from metricsflow.errors import CheckpointError
+from metricsflow.state.handles import CheckpointStorage
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable
 
-from metricsflow.checkpointing.base import CheckpointStorage
 from metricsflow.checkpointing.metadata import (
     METADATA_FILE,
     CheckpointMetadata,
@@ -27,6 +26,7 @@ from metricsflow.checkpointing.metadata import (
 )
 from metricsflow.checkpointing.recovery import KeyGroupRestore, RestorePlan
 from metricsflow.errors import CheckpointError
+from metricsflow.state.handles import CheckpointStorage
 
 logger = logging.getLogger(__name__)
 

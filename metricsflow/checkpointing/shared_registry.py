@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 
-from metricsflow.checkpointing.base import KeyGroupStateHandle, StreamStateHandle
+from metricsflow.state.handles import KeyGroupStateHandle, StreamStateHandle
 
 log = logging.getLogger(__name__)
 

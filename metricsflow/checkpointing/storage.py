@@ -23,8 +23,8 @@ from typing import Any
 
 import fsspec
 
-from metricsflow.checkpointing.base import CheckpointStorage, StreamStateHandle
 from metricsflow.errors import CheckpointError
+from metricsflow.state.handles import CheckpointStorage, StreamStateHandle
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,10 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from metricsflow.checkpointing.base import (
-    CheckpointStorage,
-    KeyGroupStateHandle,
-    OperatorStateHandle,
-)
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import AsyncSnapshot, KeyedStateBackend
+from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle, OperatorStateHandle
 
 
 class Output(abc.ABC):

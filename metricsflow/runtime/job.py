@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from metricsflow.checkpointing.base import CheckpointFailureReason, CheckpointStorage
+from metricsflow.checkpointing.base import CheckpointFailureReason
 from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.checkpointing.coordinator import (
     CheckpointCoordinator,
@@ -56,6 +56,7 @@ from metricsflow.runtime.task import (
     TaskEnvironment,
 )
 from metricsflow.state.base import KeyedStateBackend
+from metricsflow.state.handles import CheckpointStorage
 from metricsflow.time.base import Clock, SystemClock
 
 logger = logging.getLogger(__name__)

@@ -19,13 +19,9 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from metricsflow.checkpointing.base import (
-    CheckpointStorage,
-    KeyGroupStateHandle,
-    StreamStateHandle,
-)
 from metricsflow.errors import StateError
 from metricsflow.state.base import AsyncSnapshot, KeyedStateBackend, StateDescriptor
+from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle, StreamStateHandle
 
 logger = logging.getLogger(__name__)
 

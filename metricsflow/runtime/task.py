@@ -30,12 +30,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from metricsflow.checkpointing.base import (
-    CheckpointFailureReason,
-    CheckpointStorage,
-    KeyGroupStateHandle,
-    OperatorStateHandle,
-)
+from metricsflow.checkpointing.base import CheckpointFailureReason
 from metricsflow.checkpointing.protocol import (
     CheckpointBarrier,
     CheckpointingMode,
@@ -60,6 +55,7 @@ from metricsflow.runtime.records import (
 )
 from metricsflow.runtime.source import SourceReader, WatermarkStatus
 from metricsflow.state.base import AsyncSnapshot
+from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle, OperatorStateHandle
 from metricsflow.time.base import Clock
 
 logger = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from metricsflow.checkpointing.base import KeyGroupStateHandle
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.runtime.base import Operator, OperatorSnapshot, Output
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import AsyncSnapshot
+from metricsflow.state.handles import KeyGroupStateHandle
 
 
 @dataclass

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from metricsflow.checkpointing.base import CheckpointStorage, KeyGroupStateHandle
+from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle
 
 T = TypeVar("T")
 

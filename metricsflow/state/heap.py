@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from metricsflow.checkpointing.base import CheckpointStorage, KeyGroupStateHandle
 from metricsflow.errors import StateError
 from metricsflow.state import snapshot_format
 from metricsflow.state.base import AsyncSnapshot, KeyedStateBackend, StateDescriptor
+from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle
 from metricsflow.state.serializers import ColumnarChunk
 
 log = logging.getLogger(__name__)

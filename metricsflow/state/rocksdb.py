@@ -44,14 +44,10 @@ from typing import Any
 
 import rocksdict
 
-from metricsflow.checkpointing.base import (
-    CheckpointStorage,
-    KeyGroupStateHandle,
-    StreamStateHandle,
-)
 from metricsflow.errors import StateError
 from metricsflow.state import snapshot_format
 from metricsflow.state.base import AsyncSnapshot, KeyedStateBackend, StateDescriptor
+from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle, StreamStateHandle
 from metricsflow.state.heap import (
     _sanitize_owner,
     check_section,

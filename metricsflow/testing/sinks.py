@@ -17,11 +17,11 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from metricsflow.checkpointing.base import KeyGroupStateHandle
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.runtime.base import Operator, OperatorSnapshot, Output
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import AsyncSnapshot
+from metricsflow.state.handles import KeyGroupStateHandle
 from metricsflow.testing.sources import SimulatedCrashError
 
 SinkElement = RecordBatch | AggregateBatch | RawLinesBatch

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from metricsflow.checkpointing.base import CheckpointStorage
 from metricsflow.checkpointing.protocol import CheckpointBarrier, CheckpointType
 from metricsflow.errors import ConfigurationError, StateError
 from metricsflow.runtime.base import (
@@ -45,6 +44,7 @@ from metricsflow.runtime.base import (
 )
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import KeyedStateBackend, StateDescriptor
+from metricsflow.state.handles import CheckpointStorage
 from metricsflow.state.serializers import INT64, NUMPY_COLUMNS, ColumnarChunk
 from metricsflow.windows import kernels
 from metricsflow.windows.base import RAW_TIER, TierSpec

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metricsflow.checkpointing.base import OperatorStateHandle
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.errors import ConfigurationError, SerializationError
 from metricsflow.runtime.base import (
@@ -50,6 +49,7 @@ from metricsflow.runtime.base import (
 )
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.runtime.source import WatermarkStatus
+from metricsflow.state.handles import OperatorStateHandle
 from metricsflow.time.base import Clock, SystemClock
 from metricsflow.time.durations import parse_duration_ns
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from metricsflow.checkpointing.base import KeyGroupStateHandle, StreamStateHandle
 from metricsflow.checkpointing.shared_registry import SharedStateRegistry
+from metricsflow.state.handles import KeyGroupStateHandle, StreamStateHandle
 
 
 def handle(key_group: int, *shared: str) -> KeyGroupStateHandle:

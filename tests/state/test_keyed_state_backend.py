@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metricsflow.checkpointing.base import KeyGroupStateHandle
 from metricsflow.checkpointing.storage import FsCheckpointStorage
 from metricsflow.errors import CheckpointError, SerializationError, StateError
 from metricsflow.state import (
@@ -19,6 +18,7 @@ from metricsflow.state import (
     KeyedStateBackend,
     StateDescriptor,
 )
+from metricsflow.state.handles import KeyGroupStateHandle
 
 from .conftest import BackendFactory
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from metricsflow.checkpointing.base import CheckpointStorage, KeyGroupStateHandle
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.checkpointing.storage import FsCheckpointStorage
 from metricsflow.runtime.base import Operator, OperatorContext, Output, StateInitializationContext
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import KeyedStateBackend
+from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle
 from metricsflow.state.heap import HeapKeyedStateBackend
 
 

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metricsflow.checkpointing.base import OperatorStateHandle
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.errors import ConfigurationError, SerializationError
 from metricsflow.runtime.base import OperatorContext, Output, StateInitializationContext
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.runtime.source import WatermarkStatus
+from metricsflow.state.handles import OperatorStateHandle
 from metricsflow.state.heap import HeapKeyedStateBackend
 from metricsflow.time import ManualClock, SystemClock
 from metricsflow.windows import TierSpec, TierWindowOperator
