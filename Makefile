@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make test       install deps + Kafka + InfluxDB, then lint, typecheck, pytest"
 	@echo "make run        Kafka + InfluxDB (+ app components) in the foreground; Ctrl-C stops"
-	@echo "make lint       ruff check + ruff format --check"
+	@echo "make lint       ruff check + ruff format --check + import contracts (lint-imports)"
 	@echo "make typecheck  mypy (strict, config in pyproject.toml)"
 	@echo "make bench      every bench/bench_*.py"
 	@echo "make clean      stop local servers, remove .run/ and caches (keeps .venv)"
@@ -42,6 +42,7 @@ infra-install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .
