@@ -2,19 +2,30 @@
 
 ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /jobs/overview``, ``GET /checkpoints``,
 ``POST /savepoints`` (trigger), ``GET /savepoints``, ``POST /stop`` (stop-with-savepoint),
-``GET /state/{db}/{series_key}`` (queryable state: in-progress aggregates of one series).
+``DELETE /savepoints/{name}``, ``GET /state/{db}/{series_key}`` (queryable state:
+in-progress aggregates of one series).
+
+Mutating endpoints (``POST``, ``DELETE``) are guarded (docs/security.md): they need
+``Authorization: Bearer <api_token>`` when a token is configured, and a request a browser could
+send cross-site without a CORS preflight is refused whatever the token (an ``Origin`` of
+another host, ``Sec-Fetch-Site: cross-site|same-site``, or a form/text content type), so a web
+page cannot stop the job. ``POST /savepoints`` keeps at most ``max_savepoints`` savepoints in
+the directory (409 beyond; delete one with ``DELETE /savepoints/{name}``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import re
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -49,10 +60,55 @@ def list_savepoints(savepoint_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+_SIMPLE_CONTENT_TYPES = frozenset(
+    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+)
+_SAVEPOINT_NAME = re.compile(r"savepoint-[A-Za-z0-9_.-]+")
+
+
+def check_mutation_allowed(request: Request, api_token: str | None) -> None:
+    """Refuse (HTTPException) a mutating request that a browser could have sent cross-site
+    without a preflight, or that lacks the configured token."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+        raise HTTPException(403, f"cross-site request refused (Origin {origin!r})")
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        raise HTTPException(403, f"cross-site request refused (Sec-Fetch-Site {fetch_site!r})")
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type in _SIMPLE_CONTENT_TYPES:
+        raise HTTPException(
+            415, f"Content-Type {media_type!r} refused: send no body, or application/json"
+        )
+    if api_token is None:
+        return
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() not in ("bearer", "token") or not hmac.compare_digest(
+        credential.strip().encode(), api_token.encode()
+    ):
+        raise HTTPException(
+            401,
+            "this endpoint needs Authorization: Bearer <METRICSFLOW_API_TOKEN>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 def create_app(
-    runner: DownsamplingRunner, *, on_finished: Callable[[BaseException | None], None] | None = None
+    runner: DownsamplingRunner,
+    *,
+    on_finished: Callable[[BaseException | None], None] | None = None,
+    api_token: str | None = None,
+    max_savepoints: int = 20,
 ) -> FastAPI:
-    """The app; its lifespan runs ``runner`` and reports how it ended to ``on_finished``."""
+    """The app; its lifespan runs ``runner`` and reports how it ended to ``on_finished``.
+    ``api_token`` guards the mutating endpoints; ``max_savepoints`` bounds ``POST
+    /savepoints``."""
+    savepoint_lock = asyncio.Lock()
+
+    async def mutation_allowed(request: Request) -> None:
+        check_mutation_allowed(request, api_token)
+
+    guarded = [Depends(mutation_allowed)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -140,19 +196,39 @@ def create_app(
             ],
         }
 
-    @app.post("/savepoints")
+    @app.post("/savepoints", dependencies=guarded)
     async def trigger_savepoint() -> dict[str, Any]:
-        try:
-            savepoint = await runner.job.trigger_savepoint()
-        except Exception as exc:
-            raise HTTPException(409, f"savepoint failed: {exc}") from exc
+        async with savepoint_lock:  # one at a time, so the count below holds
+            directory = runner.config.savepoint_dir
+            existing = list_savepoints(directory)
+            if len(existing) >= max_savepoints:
+                raise HTTPException(
+                    409,
+                    f"{len(existing)} savepoints in {str(directory)!r} already, the most "
+                    f"METRICSFLOW_API_MAX_SAVEPOINTS={max_savepoints} allows: delete one with "
+                    "DELETE /savepoints/<name> (metricsflow savepoint delete)",
+                )
+            try:
+                savepoint = await runner.job.trigger_savepoint()
+            except Exception as exc:
+                raise HTTPException(409, f"savepoint failed: {exc}") from exc
         return _checkpoint_json(savepoint)
+
+    @app.delete("/savepoints/{name}", dependencies=guarded)
+    async def delete_savepoint(name: str) -> dict[str, Any]:
+        directory = runner.config.savepoint_dir
+        path = directory / name
+        if not _SAVEPOINT_NAME.fullmatch(name) or not path.is_dir():
+            raise HTTPException(404, f"no savepoint {name!r} in {str(directory)!r}")
+        await asyncio.to_thread(shutil.rmtree, path)
+        logger.info("savepoint deleted location=%s", path)
+        return {"deleted": str(path)}
 
     @app.get("/savepoints")
     async def savepoints() -> dict[str, Any]:
         return {"savepoints": list_savepoints(runner.config.savepoint_dir)}
 
-    @app.post("/stop")
+    @app.post("/stop", dependencies=guarded)
     async def stop() -> dict[str, Any]:
         try:
             savepoint = await runner.stop_with_savepoint()

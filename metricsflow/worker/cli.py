@@ -66,7 +66,12 @@ def worker(
         if server is not None:
             server.should_exit = True
 
-    app = create_app(runner, on_finished=finished)
+    app = create_app(
+        runner,
+        on_finished=finished,
+        api_token=settings.api_token,
+        max_savepoints=settings.api_max_savepoints,
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -89,10 +94,11 @@ def worker(
         sys.exit(1)
 
 
-def _call(method: str, url: str, timeout: float = 120.0) -> Any:
+def _call(method: str, url: str, timeout: float = 120.0, token: str | None = None) -> Any:
     import httpx
 
-    response = httpx.request(method, url, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.request(method, url, timeout=timeout, headers=headers)
     if response.status_code >= 400:
         raise click.ClickException(f"{method} {url}: HTTP {response.status_code} {response.text}")
     return response.json()
@@ -103,13 +109,32 @@ def savepoint() -> None:
     """Trigger and list savepoints of a running worker."""
 
 
+_token_option = click.option(
+    "--token",
+    envvar="METRICSFLOW_API_TOKEN",
+    default=None,
+    help="The worker's API token (env METRICSFLOW_API_TOKEN).",
+)
+
+
 @savepoint.command("trigger")
 @click.option("--url", default=_DEFAULT_URL, show_default=True, help="The worker's REST API.")
 @click.option("--stop", is_flag=True, help="Stop the job after the savepoint (upgrade).")
-def savepoint_trigger(url: str, stop: bool) -> None:
+@_token_option
+def savepoint_trigger(url: str, stop: bool, token: str | None) -> None:
     """Take a savepoint now; prints its location."""
-    result = _call("POST", f"{url.rstrip('/')}/{'stop' if stop else 'savepoints'}")
+    result = _call("POST", f"{url.rstrip('/')}/{'stop' if stop else 'savepoints'}", token=token)
     click.echo(result["location"])
+
+
+@savepoint.command("delete")
+@click.argument("name")
+@click.option("--url", default=_DEFAULT_URL, show_default=True, help="The worker's REST API.")
+@_token_option
+def savepoint_delete(name: str, url: str, token: str | None) -> None:
+    """Delete a savepoint (its directory name, as `savepoint list` shows) of a running worker."""
+    result = _call("DELETE", f"{url.rstrip('/')}/savepoints/{Path(name).name}", token=token)
+    click.echo(result["deleted"])
 
 
 @savepoint.command("list")

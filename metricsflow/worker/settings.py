@@ -89,6 +89,25 @@ class WorkerSettings(BaseSettings):
         default=DEFAULT_WORKER_PORT,
         description="REST API listen port (health, metrics, checkpoints, savepoints, state).",
     )
+    api_token: str | None = Field(
+        default=None,
+        description=(
+            "Token the REST API's mutating endpoints (`POST /savepoints`, `POST /stop`, "
+            "`DELETE /savepoints/<name>`) require as `Authorization: Bearer <token>`; the CLI "
+            "sends it from this variable or `--token`. Unset: no token is asked (keep the API "
+            "on loopback then). Cross-site browser requests are refused either way."
+        ),
+    )
+    api_max_savepoints: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "Most savepoints the REST API keeps in the savepoint directory: `POST /savepoints` "
+            "beyond it is refused (409) until one is deleted (`DELETE /savepoints/<name>`, "
+            "`metricsflow savepoint delete`). Savepoints are never deleted by the system. "
+            "`POST /stop` is always allowed."
+        ),
+    )
     data_dir: Path = Field(
         default=Path(".run/worker"),
         description=(
