@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from metricsflow.runtime.restart import (
     NoRestartStrategy,
     RestartStrategy,
 )
+from metricsflow.sinks.deadletter import RotatingJsonlFile
 from metricsflow.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from metricsflow.sources.kafka import KafkaSource, KafkaSourceConfig
 from metricsflow.state.config import StateBackendConfig
@@ -94,13 +93,16 @@ class RunnerConfig:
 
 class LatePointsFile:
     """Points beyond the allowed lateness (they are in the raw tier, not in the tiers):
-    ``<dir>/late-<pid>.jsonl``, one ``{"key", "ts_ns", "value"}`` object per point."""
+    ``<dir>/late-<pid>.jsonl``, one ``{"key", "ts_ns", "value"}`` object per point, rotated
+    by size like the dead-letter file (:class:`~metricsflow.sinks.deadletter.RotatingJsonlFile`)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / f"late-{os.getpid()}.jsonl"
+    def __init__(self, directory: Path, *, max_bytes: int = 64 << 20, max_files: int = 8) -> None:
+        self.file = RotatingJsonlFile(
+            directory, "late", max_bytes=max_bytes, max_files=max_files, fsync=False
+        )
+        self.path = self.file.path
         self.directory = directory
         self.points = 0
-        self._lock = threading.Lock()
 
     def write(self, batch: RecordBatch) -> None:
         rows = [
@@ -109,11 +111,8 @@ class LatePointsFile:
                 batch.key_idx.tolist(), batch.ts_ns.tolist(), batch.values.tolist(), strict=True
             )
         ]
-        with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with self.path.open("ab") as f:
-                f.writelines(rows)
-            self.points += len(rows)
+        self.file.append(b"".join(rows))
+        self.points += len(rows)
         logger.warning(
             "late points beyond allowed lateness key_group=%d points=%d file=%s",
             batch.key_group,
@@ -128,7 +127,11 @@ class DownsamplingRunner:
     def __init__(self, config: RunnerConfig) -> None:
         self.config = config
         self.source = KafkaSource(SOURCE_UID, config.source)
-        self.late = LatePointsFile(config.late_dir)
+        self.late = LatePointsFile(
+            config.late_dir,
+            max_bytes=config.sink.dead_letter_max_bytes,
+            max_files=config.sink.dead_letter_max_files,
+        )
         root = config.checkpoint_dir / config.worker_id
         root.mkdir(parents=True, exist_ok=True)
         self.storage = FsCheckpointStorage(str(root))

@@ -55,11 +55,25 @@ class SinkStats:
     """True while the sink is retrying (the external system is unavailable)."""
     hard_limit_waits: int = 0
     """Writes that blocked their caller past the hard limit (0 in the job: it awaits capacity)."""
+    beyond_retention_points: dict[str, int] = field(default_factory=dict)
+    """Points not sent because their tier's retention policy would drop them, by tier."""
+    fenced_points: int = 0
+    """Points of revoked partitions dropped instead of sent (their next owner replays them)."""
+    unconfirmed_writes: int = 0
+    """Writes of revoked partitions whose outcome InfluxDB never confirmed (see fencing)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_dead_letters(self, reason: str, count: int) -> None:
         with self.lock:
             self.dead_letter_points[reason] = self.dead_letter_points.get(reason, 0) + count
+
+    def add_beyond_retention(self, tier: str, count: int) -> None:
+        with self.lock:
+            self.beyond_retention_points[tier] = self.beyond_retention_points.get(tier, 0) + count
+
+    def add_fenced(self, count: int) -> None:
+        with self.lock:
+            self.fenced_points += count
 
 
 class Sink(abc.ABC):

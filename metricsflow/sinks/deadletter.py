@@ -6,6 +6,11 @@ down when InfluxDB rejects a write (Kafka may be restarting too), is written and
 before the sink moves on (so the decision survives a crash), and is trivially inspected and
 replayed: ``jq -r '.lines[]' dead-letter/influxdb-*.jsonl | curl --data-binary @- ...``.
 
+Files rotate by size (:class:`RotatingJsonlFile`): when the active file would pass
+``max_bytes`` it is renamed ``<prefix>-<pid>.<time_ns>.jsonl`` and a new one started; only the
+newest ``max_files`` files of the directory with that prefix are kept (older ones, also of
+earlier processes, are deleted), so a worker's disk use for dead letters is bounded.
+
 Each record::
 
     {"time_ns": ..., "db": "...", "rp": "...", "reason": "field_type_conflict",
@@ -22,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+
+from metricsflow.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +49,85 @@ def classify_rejection(error: str) -> str:
     return "rejected"
 
 
-class DeadLetterFile:
-    """Appends rejected lines to ``<directory>/influxdb-<pid>.jsonl`` (thread-safe, fsynced)."""
+class RotatingJsonlFile:
+    """Appends JSON Lines to ``<directory>/<prefix>-<pid>.jsonl``, rotated by size, keeping
+    the newest ``max_files`` files named ``<prefix>-*.jsonl`` (thread-safe)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        prefix: str,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_files: int = 8,
+        fsync: bool = True,
+    ) -> None:
+        if max_bytes < 1 or max_files < 1:
+            raise ConfigurationError(
+                f"{prefix} file rotation: max_bytes={max_bytes} and max_files={max_files} "
+                "must be >= 1"
+            )
         self.directory = directory
+        self.prefix = prefix
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.fsync = fsync
+        self.path = directory / f"{prefix}-{os.getpid()}.jsonl"
+        self.rotations = 0
         self._lock = threading.Lock()
-        self.path = directory / f"influxdb-{os.getpid()}.jsonl"
+
+    def append(self, data: bytes) -> None:
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                size = self.path.stat().st_size
+            except FileNotFoundError:
+                size = 0
+            if size and size + len(data) > self.max_bytes:
+                self._rotate()
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, data)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def files(self) -> list[Path]:
+        """This prefix's files in the directory, oldest first."""
+        found = []
+        for path in self.directory.glob(f"{self.prefix}-*.jsonl"):
+            try:
+                found.append((path.stat().st_mtime_ns, path.name, path))
+            except FileNotFoundError:
+                continue
+        return [p for _, _, p in sorted(found)]
+
+    def _rotate(self) -> None:
+        rotated = self.path.with_name(f"{self.path.stem}.{time.time_ns()}.jsonl")
+        os.rename(self.path, rotated)
+        self.rotations += 1
+        old = [p for p in self.files() if p != self.path]
+        for path in old[: max(0, len(old) - (self.max_files - 1))]:
+            path.unlink(missing_ok=True)
+        logger.info(
+            "rotated file=%s to=%s deleted=%d",
+            self.path,
+            rotated.name,
+            max(0, len(old) - (self.max_files - 1)),
+        )
+
+
+class DeadLetterFile:
+    """Appends rejected lines to ``<directory>/influxdb-<pid>.jsonl`` (thread-safe, fsynced,
+    rotated by size)."""
+
+    def __init__(self, directory: Path, *, max_bytes: int = 64 << 20, max_files: int = 8) -> None:
+        self.directory = directory
+        self.file = RotatingJsonlFile(
+            directory, "influxdb", max_bytes=max_bytes, max_files=max_files
+        )
+        self.path = self.file.path
 
     def write(
         self,
@@ -69,15 +148,7 @@ class DeadLetterFile:
             "error": error,
             "lines": [line.decode("utf-8", "replace") for line in lines],
         }
-        data = orjson.dumps(record) + b"\n"
-        with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        self.file.append(orjson.dumps(record) + b"\n")
         logger.error(
             "influxdb dead letter db=%s rp=%s reason=%s status=%s points=%d error=%s file=%s",
             db,

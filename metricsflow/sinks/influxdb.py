@@ -19,28 +19,36 @@ Failures:
 * retriable (connection errors, timeouts, 5xx, 404 "database not found" after a drop, 401/403
   while credentials get fixed) are retried forever with exponential backoff and jitter; every
   retry is logged and counted, and ``stats.blocked`` is set meanwhile;
-* 400 (``field type conflict``, ``partial write``, points beyond retention, unparseable) and
-  413: the request is split in halves and each half re-sent, down to single lines. Re-sending
-  lines InfluxDB already accepted is an idempotent overwrite, so this isolates exactly the
-  rejected lines, which go to the dead-letter file with InfluxDB's message, counted by
-  reason. Never a retry loop, never a silent loss.
+* points older than their tier's retention are left out before sending (InfluxDB would drop
+  them), and a ``partial write: points beyond retention policy dropped=N`` answer (a point
+  crossed the edge in flight) is taken as written-but-N-dropped: counted per tier, summarized
+  in one log line per interval, never bisected (``sinks/retention.py``);
+* any other 400 (``field type conflict``, ``partial write``, unparseable) and 413: the request
+  is split in halves and each half re-sent, down to single lines. Re-sending lines InfluxDB
+  already accepted is an idempotent overwrite, so this isolates exactly the rejected lines,
+  which go to the dead-letter file with InfluxDB's message, counted by reason. Never a retry
+  loop, never a silent loss.
+
+Fencing (:meth:`InfluxDBSink.fence`): every buffered chunk remembers its key group
+(partition). When a partition is revoked, its chunks are removed from the buffers and from
+the queued requests, every later attempt of a request being retried leaves it out, and the
+attempt in flight is awaited (bounded by the HTTP timeout); an attempt whose outcome stays
+unknown is reported. After ``fence`` returns nothing of the partition is sent again (until it
+is assigned back, :meth:`InfluxDBSink.unfence`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import gzip
 import logging
-import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -53,20 +61,37 @@ from metricsflow.errors import ConfigurationError, MetricsflowError
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch
 from metricsflow.sinks.base import Sink, SinkStats
 from metricsflow.sinks.deadletter import DeadLetterFile, classify_rejection
+from metricsflow.sinks.influxdb_client import (
+    InfluxDBClient,
+    InfluxDBWriteError,
+    ensure_database,
+    go_duration_ns,
+    influxql_duration,
+    quote_ident,
+)
 from metricsflow.sinks.lines import aggregate_lines
+from metricsflow.sinks.retention import (
+    RetentionDropLog,
+    drop_beyond_retention,
+    retention_only_drops,
+)
 from metricsflow.windows.base import DEFAULT_TIERS, RAW_TIER, TierSpec
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "InfluxDBClient",
+    "InfluxDBSink",
+    "InfluxDBSinkConfig",
+    "InfluxDBWriteError",
+    "SinkClosedError",
+    "ensure_database",
+    "go_duration_ns",
+    "influxql_duration",
+    "quote_ident",
+]
+
 T = TypeVar("T")
-
-
-class InfluxDBWriteError(MetricsflowError):
-    """A write or query failed; ``retriable`` says whether trying again may help."""
-
-    def __init__(self, message: str, *, status: int = 0, retriable: bool) -> None:
-        super().__init__(message, retriable=retriable)
-        self.status = status
 
 
 class SinkClosedError(MetricsflowError):
@@ -94,6 +119,12 @@ class InfluxDBSinkConfig:
     retry_initial_s: float = 0.1
     retry_max_s: float = 10.0
     dead_letter_dir: Path = field(default_factory=lambda: Path("dead-letter"))
+    dead_letter_max_bytes: int = 64 * 1024 * 1024
+    """Size at which a dead-letter file is closed and a new one started."""
+    dead_letter_max_files: int = 8
+    """Dead-letter files kept (the oldest are deleted)."""
+    retention_log_interval_s: float = 60.0
+    """Points left out as beyond their tier's retention are summarized once per interval."""
 
     def __post_init__(self) -> None:
         if self.batch_max_points < 1 or self.batch_max_bytes < 1:
@@ -104,31 +135,8 @@ class InfluxDBSinkConfig:
             raise ConfigurationError(f"the first tier must be {RAW_TIER!r}")
 
 
-_GO_DURATION = re.compile(r"(\d+)(ns|us|µs|ms|h|m|s)")
-_GO_UNITS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-
-
-def go_duration_ns(text: str) -> int:
-    """``"720h0m0s"`` (as ``SHOW RETENTION POLICIES`` prints it) -> ns; ``"0s"`` = INF = 0."""
-    return sum(int(n) * _GO_UNITS[u] for n, u in _GO_DURATION.findall(text))
-
-
-def quote_ident(name: str) -> str:
-    """An InfluxQL double-quoted identifier."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def influxql_duration(tier: TierSpec) -> str:
-    ns = tier.retention_ns
-    return "INF" if ns == 0 else f"{ns // 1_000_000_000}s"
+_Chunk = tuple[int, bytes, int]
+"""``(key group, line protocol, points)``: what one write of one partition added."""
 
 
 @dataclass(slots=True)
@@ -136,7 +144,7 @@ class _Request:
     seq: int
     db: str
     rp: str
-    chunks: list[bytes]
+    chunks: list[_Chunk]
     points: int
     size: int
     created: float
@@ -146,99 +154,10 @@ class _Buffer:
     __slots__ = ("chunks", "created", "points", "size")
 
     def __init__(self) -> None:
-        self.chunks: list[bytes] = []
+        self.chunks: list[_Chunk] = []
         self.points = 0
         self.size = 0
         self.created = time.monotonic()
-
-
-class InfluxDBClient:
-    """The few v1 HTTP calls the sink needs (``/query``, ``/write``); no retries here."""
-
-    def __init__(self, config: InfluxDBSinkConfig) -> None:
-        self.config = config
-        auth = (config.username, config.password or "") if config.username else None
-        self._http = httpx.Client(
-            base_url=config.url.rstrip("/"), timeout=config.request_timeout_s, auth=auth
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def query(self, q: str, db: str | None = None) -> list[dict[str, object]]:
-        """Run InfluxQL (POST /query); returns the statement results; raises on any error."""
-        params = {"q": q, **({"db": db} if db else {})}
-        try:
-            resp = self._http.post("/query", data=params)
-        except httpx.TransportError as exc:
-            raise InfluxDBWriteError(f"query failed: {exc!r}", retriable=True) from exc
-        if resp.status_code >= 500 or resp.status_code in (401, 403):
-            raise InfluxDBWriteError(
-                f"query {q!r}: HTTP {resp.status_code} {resp.text[:200]}",
-                status=resp.status_code,
-                retriable=True,
-            )
-        body = resp.json()
-        results: list[dict[str, object]] = body.get("results", [])
-        for result in results:
-            if "error" in result:
-                raise InfluxDBWriteError(f"query {q!r}: {result['error']}", retriable=False)
-        if resp.status_code != 200:
-            raise InfluxDBWriteError(
-                f"query {q!r}: HTTP {resp.status_code} {body}",
-                status=resp.status_code,
-                retriable=False,
-            )
-        return results
-
-    def write(self, db: str, rp: str, body: bytes) -> httpx.Response:
-        headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if self.config.gzip_level:
-            body = gzip.compress(body, compresslevel=self.config.gzip_level)
-            headers["Content-Encoding"] = "gzip"
-        try:
-            return self._http.post(
-                "/write",
-                params={"db": db, "rp": rp, "precision": "n"},
-                content=body,
-                headers=headers,
-            )
-        except httpx.TransportError as exc:
-            raise InfluxDBWriteError(f"write failed: {exc!r}", retriable=True) from exc
-
-
-def ensure_database(client: InfluxDBClient, db: str, tiers: Sequence[TierSpec]) -> None:
-    """Create ``db`` and one retention policy per tier (``raw`` DEFAULT); alter a policy whose
-    duration differs from the tier's retention. Idempotent."""
-    client.query(f"CREATE DATABASE {quote_ident(db)}")
-    results = client.query(f"SHOW RETENTION POLICIES ON {quote_ident(db)}")
-    existing: dict[str, tuple[int, bool]] = {}
-    for result in results:
-        for series in result.get("series", []):  # type: ignore[attr-defined]
-            columns = series["columns"]
-            for row in series.get("values", []):
-                rec = dict(zip(columns, row, strict=False))
-                existing[str(rec["name"])] = (
-                    go_duration_ns(str(rec["duration"])),
-                    bool(rec["default"]),
-                )
-    for tier in tiers:
-        default = " DEFAULT" if tier.name == RAW_TIER else ""
-        duration = influxql_duration(tier)
-        name = quote_ident(tier.name)
-        if tier.name not in existing:
-            client.query(
-                f"CREATE RETENTION POLICY {name} ON {quote_ident(db)} DURATION {duration} "
-                f"REPLICATION 1{default}"
-            )
-            logger.info("created retention policy db=%s rp=%s duration=%s", db, tier.name, duration)
-        elif existing[tier.name][0] != tier.retention_ns or (
-            default and not existing[tier.name][1]
-        ):
-            client.query(
-                f"ALTER RETENTION POLICY {name} ON {quote_ident(db)} DURATION {duration}{default}"
-            )
-            logger.info("altered retention policy db=%s rp=%s duration=%s", db, tier.name, duration)
 
 
 class InfluxDBSink(Sink):
@@ -247,9 +166,20 @@ class InfluxDBSink(Sink):
     def __init__(self, config: InfluxDBSinkConfig) -> None:
         self.config = config
         self.stats = SinkStats()
-        self.dead_letters = DeadLetterFile(config.dead_letter_dir)
+        self.dead_letters = DeadLetterFile(
+            config.dead_letter_dir,
+            max_bytes=config.dead_letter_max_bytes,
+            max_files=config.dead_letter_max_files,
+        )
         self._client = InfluxDBClient(config)
         self._tier_names = {t.name for t in config.tiers}
+        self._retention_ns = {t.name: t.retention_ns for t in config.tiers}
+        self._retention_log = RetentionDropLog(config.retention_log_interval_s)
+        self._fenced: set[int] = set()
+        self._current: _Request | None = None
+        self._in_flight: frozenset[int] = frozenset()
+        self._attempt_seq = 0
+        self._reported_attempt = 0
         self._cond = threading.Condition()
         self._buffers: dict[tuple[str, str], _Buffer] = {}
         self._pending: deque[_Request] = deque()
@@ -291,15 +221,15 @@ class InfluxDBSink(Sink):
     def write_raw(self, batch: RawLinesBatch) -> None:
         if batch.point_count == 0 and not batch.lines:
             return
-        self._add(batch.database, RAW_TIER, batch.lines, batch.point_count)
+        self._add(batch.key_group, batch.database, RAW_TIER, batch.lines, batch.point_count)
 
     def write_aggregates(self, batch: AggregateBatch) -> None:
         if batch.tier not in self._tier_names:
             raise ConfigurationError(f"tier {batch.tier!r} is not configured in the sink")
         for db, lines in aggregate_lines(batch).items():
-            self._add(db, batch.tier, b"\n".join(lines), len(lines))
+            self._add(batch.key_group, db, batch.tier, b"\n".join(lines), len(lines))
 
-    def _add(self, db: str, rp: str, chunk: bytes, points: int) -> None:
+    def _add(self, key_group: int, db: str, rp: str, chunk: bytes, points: int) -> None:
         self.stats.points_in += points
         if not self.is_allowed(db):
             self.stats.add_dead_letters("database_not_allowed", points)
@@ -315,10 +245,13 @@ class InfluxDBSink(Sink):
         cfg = self.config
         with self._cond:
             self._check_usable()
+            if key_group in self._fenced:  # revoked: the next owner writes it
+                self.stats.add_fenced(points)
+                return
             buf = self._buffers.get((db, rp))
             if buf is None:
                 buf = self._buffers[(db, rp)] = _Buffer()
-            buf.chunks.append(chunk)
+            buf.chunks.append((key_group, chunk, points))
             buf.points += points
             buf.size += len(chunk) + 1
             if buf.points >= cfg.batch_max_points or buf.size >= cfg.batch_max_bytes:
@@ -370,6 +303,63 @@ class InfluxDBSink(Sink):
                 self._cond.wait(0.5 if remaining is None else min(0.5, remaining))
         self.stats.flushes += 1
 
+    # ------------------------------------------------------------------ fencing
+    def fence(self, key_groups: frozenset[int], timeout_s: float | None = None) -> int:
+        """Revocation barrier: from now on nothing of ``key_groups`` is sent.
+
+        Their buffered and queued lines are dropped (the next owner replays them from the
+        checkpoint); a request in flight that holds any of them is awaited, at most
+        ``timeout_s`` (default: the HTTP timeout + 1 s); a retried request leaves them out of
+        its next attempt. Returns the points dropped. A write whose outcome stays unknown is
+        reported (log + ``unconfirmed_writes``). See docs/operations.md, "Hand-over".
+        """
+        gone = frozenset(key_groups)
+        if not gone:
+            return 0
+        limit = self.config.request_timeout_s + 1 if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        with self._cond:
+            self._fenced |= gone
+            dropped = 0
+            for buf in self._buffers.values():
+                dropped += _drop_chunks(buf, gone)
+            for request in self._pending:
+                dropped += _drop_chunks(request, gone)
+            if self._current is not None:  # the writer's: its next attempt leaves them out
+                dropped += _drop_chunks(self._current, gone)
+            self.stats.add_fenced(dropped)
+            while self._in_flight & gone:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._reported_attempt = self._attempt_seq
+                    self._unconfirmed(self._in_flight & gone, "still in flight at revocation")
+                    break
+                self._cond.wait(min(0.5, remaining))
+        logger.info("influxdb sink fenced key_groups=%s points_dropped=%d", sorted(gone), dropped)
+        return dropped
+
+    def unfence(self, key_groups: frozenset[int]) -> None:
+        """The key groups are assigned (again): their writes are sent."""
+        with self._cond:
+            self._fenced -= key_groups
+
+    def _report_unconfirmed(self, attempt: int, exc: InfluxDBWriteError) -> None:
+        with self._cond:
+            fenced = self._in_flight & self._fenced
+            if not fenced or self._reported_attempt >= attempt:
+                return
+            self._reported_attempt = attempt
+            self._unconfirmed(fenced, repr(exc))
+
+    def _unconfirmed(self, key_groups: frozenset[int], detail: str) -> None:
+        self.stats.unconfirmed_writes += 1
+        logger.error(
+            "influxdb write of revoked partitions could not be confirmed; InfluxDB may still "
+            "apply it after the new owner's writes key_groups=%s detail=%s",
+            sorted(key_groups),
+            detail,
+        )
+
     def _check_usable(self) -> None:
         if self._fatal is not None:
             raise SinkClosedError(f"influxdb sink failed: {self._fatal!r}") from self._fatal
@@ -397,6 +387,7 @@ class InfluxDBSink(Sink):
                         return
                 self._send(request)
                 with self._cond:
+                    self._current = None
                     self._done_seq = request.seq
                     self._cond.notify_all()
         except SinkClosedError:
@@ -420,30 +411,64 @@ class InfluxDBSink(Sink):
                         self._seal(*key)
                 continue
             self._cond.wait(interval if oldest is None else interval - (now - oldest))
-        return self._pending.popleft()
+        self._current = self._pending.popleft()
+        return self._current
 
     def _send(self, request: _Request) -> None:
-        body = b"\n".join(request.chunks)
         if request.db not in self._ensured:
             self._retrying(lambda: self._ensure(request.db))
-        self._write_lines(request.db, request.rp, body, request.points)
+        chunks = self._within_retention(request.rp, request.chunks)
+        if chunks:
+            self._write_chunks(request.db, request.rp, chunks)
+        self._retention_log.maybe_log()
 
     def _ensure(self, db: str) -> None:
         ensure_database(self._client, db, self.config.tiers)
         self._ensured.add(db)
 
-    def _write_lines(self, db: str, rp: str, body: bytes, points: int) -> None:
-        """Write ``body``; on a 400/413 bisect down to the rejected lines (dead letters)."""
-        status, error = self._retrying(lambda: self._write_once(db, rp, body))
+    def _within_retention(self, rp: str, chunks: list[_Chunk]) -> list[_Chunk]:
+        """Leave out the lines InfluxDB would drop as beyond ``rp``'s retention."""
+        retention_ns = self._retention_ns.get(rp, 0)
+        if not retention_ns:
+            return chunks
+        cutoff = time.time_ns() - retention_ns
+        kept: list[_Chunk] = []
+        dropped = 0
+        for kg, data, points in chunks:
+            body, lines, gone = drop_beyond_retention(data, cutoff)
+            dropped += gone
+            if gone == 0:
+                kept.append((kg, data, points))
+            elif lines:
+                kept.append((kg, body, lines))
+        if dropped:
+            self._beyond_retention(rp, dropped)
+        return kept
+
+    def _beyond_retention(self, rp: str, points: int) -> None:
+        self.stats.add_beyond_retention(rp, points)
+        self._retention_log.add(rp, points)
+
+    def _write_chunks(self, db: str, rp: str, chunks: list[_Chunk]) -> None:
+        """Write ``chunks`` (those of partitions not revoked meanwhile); on a 400/413 bisect
+        down to the rejected lines (dead letters), unless InfluxDB only dropped points beyond
+        retention."""
+        status, error, sent = self._retrying(lambda: self._attempt(db, rp, chunks))
+        points = sum(c[2] for c in sent)
         if status == 0:
             self.stats.points_written += points
             return
-        lines = [ln for ln in body.split(b"\n") if ln]
+        beyond = retention_only_drops(error)
+        if beyond is not None:
+            self.stats.points_written += max(0, points - beyond)
+            self._beyond_retention(rp, beyond)
+            return
+        lines = [(kg, ln, 1) for kg, data, _ in sent for ln in data.split(b"\n") if ln]
         if len(lines) <= 1:
             reason = classify_rejection(error)
             self.stats.add_dead_letters(reason, len(lines))
             self.dead_letters.write(
-                db=db, rp=rp, reason=reason, status=status, error=error, lines=lines
+                db=db, rp=rp, reason=reason, status=status, error=error, lines=[c[1] for c in lines]
             )
             return
         half = len(lines) // 2
@@ -455,8 +480,30 @@ class InfluxDBSink(Sink):
             len(lines),
             error[:200],
         )
-        self._write_lines(db, rp, b"\n".join(lines[:half]), half)
-        self._write_lines(db, rp, b"\n".join(lines[half:]), len(lines) - half)
+        self._write_chunks(db, rp, lines[:half])
+        self._write_chunks(db, rp, lines[half:])
+
+    def _attempt(self, db: str, rp: str, chunks: list[_Chunk]) -> tuple[int, str, list[_Chunk]]:
+        """One try at writing the chunks of partitions that are not fenced (revoked) now:
+        ``(status, error, chunks sent)``; raises a retriable ``InfluxDBWriteError``."""
+        with self._cond:
+            live = [c for c in chunks if c[0] not in self._fenced]
+            if not live:
+                return 0, "", []
+            self._attempt_seq += 1
+            attempt = self._attempt_seq
+            self._in_flight = frozenset(c[0] for c in live)
+        try:
+            status, error = self._write_once(db, rp, b"\n".join(c[1] for c in live))
+        except InfluxDBWriteError as exc:
+            if exc.unconfirmed:
+                self._report_unconfirmed(attempt, exc)
+            raise
+        finally:
+            with self._cond:
+                self._in_flight = frozenset()
+                self._cond.notify_all()
+        return status, error, live
 
     def _write_once(self, db: str, rp: str, body: bytes) -> tuple[int, str]:
         """``(0, "")`` on success, ``(status, error)`` for a final rejection; raises a retriable
@@ -474,7 +521,9 @@ class InfluxDBSink(Sink):
             raise InfluxDBWriteError(f"HTTP 404 {text[:200]}", status=code, retriable=True)
         if code in (400, 413):
             return code, text.strip()
-        raise InfluxDBWriteError(f"HTTP {code} {text[:200]}", status=code, retriable=True)
+        raise InfluxDBWriteError(
+            f"HTTP {code} {text[:200]}", status=code, retriable=True, unconfirmed=code >= 500
+        )
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         retrying = Retrying(
@@ -511,6 +560,19 @@ class InfluxDBSink(Sink):
             sleep,
             exc,
         )
+
+
+def _drop_chunks(holder: _Buffer | _Request, key_groups: frozenset[int]) -> int:
+    """Remove the chunks of ``key_groups`` (an emptied request stays: its sequence number
+    still marks flushes); returns the points removed."""
+    kept = [c for c in holder.chunks if c[0] not in key_groups]
+    if len(kept) == len(holder.chunks):
+        return 0
+    dropped = holder.points - sum(c[2] for c in kept)
+    holder.chunks = kept
+    holder.points -= dropped
+    holder.size = sum(len(c[1]) + 1 for c in kept)
+    return dropped
 
 
 def _is_retriable(exc: BaseException) -> bool:

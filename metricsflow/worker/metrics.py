@@ -56,6 +56,24 @@ class WorkerCollector(Collector):
         for reason, count in sorted(sink.dead_letter_points.items()):
             dl.add_metric([reason], count)
         yield dl
+        beyond = CounterMetricFamily(
+            p + "beyond_retention_points",
+            "Points not sent to InfluxDB because their tier's retention policy drops them.",
+            labels=["tier"],
+        )
+        for tier, count in sorted(sink.beyond_retention_points.items()):
+            beyond.add_metric([tier], count)
+        yield beyond
+        yield counter(
+            "influxdb_points_fenced",
+            "Points of revoked partitions dropped instead of sent (the new owner replays them).",
+            sink.fenced_points,
+        )
+        yield counter(
+            "influxdb_unconfirmed_writes",
+            "Writes of revoked partitions whose outcome InfluxDB never confirmed.",
+            sink.unconfirmed_writes,
+        )
         yield counter(
             "late_points", "Points beyond the allowed lateness (raw tier only).", r.late.points
         )

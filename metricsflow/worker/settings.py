@@ -134,6 +134,22 @@ class WorkerSettings(BaseSettings):
             "allowed lateness (`late-<pid>.jsonl`). Unset: `<data_dir>/dead-letter`."
         ),
     )
+    dead_letter_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Size in bytes at which a dead-letter or late-points file is closed (renamed "
+            "`<name>-<pid>.<time_ns>.jsonl`) and a new one started."
+        ),
+    )
+    dead_letter_max_files: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Files kept per kind (`influxdb-*`, `late-*`) in the dead-letter directory; the "
+            "oldest are deleted on rotation."
+        ),
+    )
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
         description="Kafka bootstrap servers, comma-separated `host:port` list.",
@@ -445,6 +461,8 @@ class WorkerSettings(BaseSettings):
                 gzip_level=self.influxdb_gzip_level,
                 max_pending_requests=self.influxdb_max_pending_requests,
                 dead_letter_dir=dead,
+                dead_letter_max_bytes=self.dead_letter_max_bytes,
+                dead_letter_max_files=self.dead_letter_max_files,
             ),
             job=DownsamplingJobConfig(
                 tiers=parse_tiers(self.tiers),

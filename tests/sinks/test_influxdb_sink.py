@@ -182,24 +182,11 @@ def test_a_partial_write_dead_letters_the_unparseable_line_and_keeps_the_rest(
 ) -> None:
     db = influx_database_factory()
     sink = sink_factory()
-    sink.write_raw(raw(db, f"m v=1 {NOW_NS}", "m v=oops 1", f"m v=2 {NOW_NS + 1}"))
+    sink.write_raw(raw(db, f"m v=1 {NOW_NS}", f"m v=oops {NOW_NS + 2}", f"m v=2 {NOW_NS + 1}"))
     sink.flush(30)
     assert sum(sink.stats.dead_letter_points.values()) == 1
     assert len(rows(influxdb_server.url, db, 'SELECT v FROM "raw"."m"')) == 2
-    assert read_dead_letters(tmp_path / "dead-letter")[0]["lines"] == ["m v=oops 1"]
-
-
-def test_points_beyond_retention_are_dead_lettered_with_their_reason(
-    influxdb_server: InfluxDBServer,
-    sink_factory: SinkFactory,
-    influx_database_factory: Callable[..., str],
-) -> None:
-    db = influx_database_factory()
-    sink = sink_factory()
-    old = NOW_NS - 30 * 86_400_000_000_000
-    sink.write_raw(raw(db, f"m v=1 {old}", f"m v=2 {NOW_NS}"))
-    sink.flush(30)
-    assert sink.stats.dead_letter_points == {"beyond_retention": 1}
+    assert read_dead_letters(tmp_path / "dead-letter")[0]["lines"] == [f"m v=oops {NOW_NS + 2}"]
 
 
 def test_databases_outside_the_allow_list_are_dead_lettered_not_created(
@@ -247,3 +234,81 @@ def test_an_influxdb_outage_blocks_the_flush_and_writes_resume_after_restart(
     assert writer_done.wait(60)
     assert not sink.stats.blocked
     assert len(rows(influxdb_server.url, db, 'SELECT v FROM "raw"."m"')) == 101
+
+
+def test_points_beyond_retention_are_not_sent_but_counted_per_tier(
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
+    influx_database_factory: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    db = influx_database_factory()
+    sink = sink_factory()
+    old = NOW_NS - 30 * 86_400_000_000_000
+    sink.write_raw(raw(db, *[f"m v={i} {old + i}" for i in range(50)], f"m v=2 {NOW_NS}"))
+    sink.flush(30)
+    assert sink.stats.beyond_retention_points == {"raw": 50}
+    assert sink.stats.dead_letter_points == {}
+    assert sink.stats.requests == 1, "no bisection, one request for the batch"
+    assert sink.stats.points_written == 1
+    assert [r["v"] for r in rows(influxdb_server.url, db, 'SELECT v FROM "raw"."m"')] == [2]
+    assert read_dead_letters(tmp_path / "dead-letter") == []
+
+
+def test_a_retention_only_partial_write_is_understood_without_bisecting(
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
+    influx_database_factory: Callable[..., str],
+) -> None:
+    db = influx_database_factory()
+    # the sink believes raw keeps everything; InfluxDB's policy says 1d (set behind its back)
+    sink = sink_factory(tiers=(TierSpec("raw", "0s", "INF"), *DEFAULT_TIERS[1:]))
+    sink.write_raw(raw(db, f"m v=1 {NOW_NS}"))
+    sink.flush(30)
+    altered = httpx.post(
+        f"{influxdb_server.url}/query",
+        data={"q": f'ALTER RETENTION POLICY "raw" ON "{db}" DURATION 1d SHARD DURATION 1h'},
+    )
+    assert "error" not in altered.text, altered.text
+    old = NOW_NS - 30 * 86_400_000_000_000  # before any shard group of the database
+    requests = sink.stats.requests
+    sink.write_raw(raw(db, *[f"m v={i} {old + i}" for i in range(20)], f"m v=3 {NOW_NS + 1}"))
+    sink.flush(30)
+    assert sink.stats.requests == requests + 1
+    assert sink.stats.beyond_retention_points == {"raw": 20}
+    assert sink.stats.dead_letter_points == {}
+    assert len(rows(influxdb_server.url, db, 'SELECT v FROM "raw"."m"')) == 2
+
+
+def _kg_raw(kg: int, db: str, *lines: str) -> RawLinesBatch:
+    return RawLinesBatch(kg, db, "\n".join(lines).encode(), len(lines))
+
+
+def test_fence_drops_a_revoked_partitions_queued_writes_and_keeps_the_others(
+    influxdb_server: InfluxDBServer,
+    sink_factory: SinkFactory,
+    influx_database_factory: Callable[..., str],
+) -> None:
+    db = influx_database_factory()
+    sink = sink_factory(batch_max_points=3)
+    sink.write_raw(_kg_raw(0, db, f"m,p=0 v=0 {NOW_NS}"))
+    sink.flush(30)  # database created, nothing else pending
+    influxdb_server.stop()
+    try:
+        for i in range(1, 7):  # sealed requests (3 points each) and a buffer, two partitions
+            sink.write_raw(_kg_raw(i % 2, db, f"m,p={i % 2} v={i} {NOW_NS + i}"))
+        sink.flush_marker()
+        assert sink.fence(frozenset({1}), timeout_s=10) == 3
+        assert sink.stats.fenced_points == 3
+        sink.write_raw(_kg_raw(1, db, f"m,p=1 v=99 {NOW_NS + 99}"))  # after revocation
+        assert sink.stats.fenced_points == 4
+    finally:
+        influxdb_server.start()
+    sink.flush(60)
+    got = rows(influxdb_server.url, db, 'SELECT v FROM "raw"."m" GROUP BY p')
+    assert sorted((r["p"], r["v"]) for r in got) == [("0", 0), ("0", 2), ("0", 4), ("0", 6)]
+    sink.unfence(frozenset({1}))
+    sink.write_raw(_kg_raw(1, db, f"m,p=1 v=7 {NOW_NS + 7}"))
+    sink.flush(30)
+    got = rows(influxdb_server.url, db, 'SELECT v FROM "raw"."m" WHERE p = \'1\'')
+    assert [r["v"] for r in got] == [7]
