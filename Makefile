@@ -11,13 +11,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.metricsflow-deps
 PYTEST_ARGS ?=
 
-.PHONY: help deps infra-install test lint format typecheck pytest run bench clean distclean
+.PHONY: help deps infra-install test lint format typecheck pytest coverage run bench clean distclean
 
 help:
 	@echo "make test       install deps + Kafka + InfluxDB, then lint, typecheck, pytest"
 	@echo "make run        Kafka + InfluxDB (+ app components) in the foreground; Ctrl-C stops"
 	@echo "make lint       ruff check + ruff format --check + import contracts (lint-imports)"
 	@echo "make typecheck  mypy (strict, config in pyproject.toml)"
+	@echo "make coverage   line coverage of the checkpoint coordinator and restart strategies (unit tests)"
 	@echo "make bench      every bench/bench_*.py"
 	@echo "make clean      stop local servers, remove .run/ and caches (keeps .venv)"
 
@@ -52,6 +53,14 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP) infra-install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Unit tests alone (no servers): the coordinator and the restart strategies must stay >= 90%.
+COVERAGE_TESTS := tests/checkpointing/test_coordinator.py \
+	tests/checkpointing/test_coordinator_completion.py tests/runtime/test_restart.py
+coverage: $(STAMP)
+	$(BIN)/pytest $(COVERAGE_TESTS) -q -p no:cacheprovider \
+		--cov=metricsflow.checkpointing.coordinator --cov=metricsflow.runtime.restart \
+		--cov-report=term-missing --cov-fail-under=90
 
 test: $(STAMP) infra-install
 	$(MAKE) --no-print-directory lint
