@@ -406,7 +406,10 @@ class CheckpointCoordinator:
             self._abort(pending, CheckpointFailureReason.FINALIZE_CHECKPOINT_FAILURE, repr(exc))
             return
         if self.pending_checkpoints.get(pending.checkpoint_id) is not pending:
-            return  # aborted while the metadata was written (shutdown)
+            # aborted while the metadata was written (e.g. key groups revoked): the abort's
+            # cleanup may have run before the write ended; delete again, or it looks complete
+            await self._cleanup(pending.storage, _files_of(pending), pending.checkpoint_id)
+            return
         del self.pending_checkpoints[pending.checkpoint_id]
         now = self.clock.now_ns()
         completed = CompletedCheckpoint(
@@ -514,11 +517,7 @@ class CheckpointCoordinator:
             pending.future.set_exception(
                 CheckpointFailedError(pending.checkpoint_id, reason, detail)
             )
-        if pending.is_savepoint:
-            cleanup = [checkpoint_dir(pending.checkpoint_id), METADATA_FILE]
-        else:
-            cleanup = [checkpoint_dir(pending.checkpoint_id)]
-        self._spawn(self._cleanup(pending.storage, cleanup, pending.checkpoint_id))
+        self._spawn(self._cleanup(pending.storage, _files_of(pending), pending.checkpoint_id))
         if reason in UNCOUNTED_FAILURES or pending.is_savepoint:
             return
         self.consecutive_failures += 1
@@ -548,6 +547,14 @@ class CheckpointCoordinator:
         task: asyncio.Task[object] = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _files_of(pending: PendingCheckpoint) -> list[str]:
+    """What an aborted checkpoint may have written: its directory (and a savepoint's
+    ``_metadata`` at the root of its own storage)."""
+    if pending.is_savepoint:
+        return [checkpoint_dir(pending.checkpoint_id), METADATA_FILE]
+    return [checkpoint_dir(pending.checkpoint_id)]
 
 
 def _consume(future: asyncio.Future[CompletedCheckpoint]) -> None:

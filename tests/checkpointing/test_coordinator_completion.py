@@ -328,3 +328,31 @@ async def test_a_savepoint_whose_state_references_shared_files_is_refused(
     assert error.reason is CheckpointFailureReason.FINALIZE_CHECKPOINT_FAILURE
     assert "shared files" in str(error)
     assert savepoint_storage.atomic_writes == []
+
+
+@pytest.mark.parametrize("kind", list(CheckpointType), ids=lambda k: k.name)
+async def test_a_checkpoint_aborted_while_its_metadata_is_written_leaves_no_metadata_behind(
+    setup: Setup, tmp_path: Path, kind: CheckpointType
+) -> None:
+    if kind is CheckpointType.SAVEPOINT:
+        storage = RecordingStorage(tmp_path / "savepoint")
+        future = asyncio.ensure_future(setup.coordinator.trigger_savepoint(storage, "sp"))
+        checkpoint_id = (await setup.participants.barrier()).checkpoint_id
+        written = METADATA_FILE
+    else:
+        storage = setup.storage
+        future, checkpoint_id = await setup.triggered()
+        written = metadata_path(checkpoint_id)
+    storage.hold_metadata = True
+    acknowledge_all(setup.coordinator, checkpoint_id, storage=storage)
+    assert await asyncio.to_thread(storage.metadata_started.wait, WAIT_S)
+    # e.g. a rebalance revoked key groups while the metadata was being written
+    setup.coordinator.abort_pending_checkpoints(CheckpointFailureReason.JOB_FAILOVER_REGION)
+    assert (await failure_of(future)).reason is CheckpointFailureReason.JOB_FAILOVER_REGION
+    storage.release_metadata.set()
+    await setup.coordinator.shutdown()  # waits for the write and every cleanup
+    assert storage.atomic_writes == [written]  # it was written ...
+    assert not storage.exists(written), "... and left: an aborted checkpoint looks complete"
+    assert not storage.exists(checkpoint_dir(checkpoint_id))
+    assert setup.participants.completed == []
+    assert setup.coordinator.completed_checkpoints == []
