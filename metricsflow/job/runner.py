@@ -4,8 +4,10 @@ Start order: the sink opens (its writer thread), the :class:`~metricsflow.runtim
 starts with no key groups, then the Kafka consumer joins the group. Every assignment restores
 the new key groups from the newest state anywhere in the cluster
 (:class:`~metricsflow.job.recovery.ClusterRecovery`) and starts them; every revocation stops
-them, then flushes the sink (bounded by ``revoke_flush_timeout_s``) so that this worker's
-output for them is in InfluxDB before the next owner starts replaying.
+them, then **fences** them in the sink (``InfluxDBSink.fence``): their queued writes are
+dropped (the next owner replays them from the checkpoint), a write in flight is awaited
+(bounded by the HTTP timeout), and nothing of them is sent afterwards, so that no late write
+of this worker can land after the next owner's (docs/operations.md, "Hand-over").
 
 **Restarts happen in-process** (Flink's restart strategies, ``metricsflow.runtime.restart``):
 when the job fails (a task's exception, too many failed checkpoints, a sink that died), the
@@ -66,7 +68,6 @@ class RunnerConfig:
     state_backend: StateBackendConfig = field(default_factory=StateBackendConfig)
     from_savepoint: str | None = None
     allow_non_restored_state: bool = False
-    revoke_flush_timeout_s: float = 10.0
     restart_strategy: str = "failure-rate"
     """``failure-rate``, ``fixed-delay`` or ``none`` (fail the process at the first failure)."""
     restart_delay_s: float = 2.0
@@ -260,6 +261,7 @@ class DownsamplingRunner:
             if not self._job_running:
                 return  # restarting: the new job takes source.assigned when it starts
             try:
+                self.sink.unfence(key_groups)
                 plan = await asyncio.to_thread(self.recovery.plan, key_groups)
                 await self.job.assign_key_groups(key_groups, plan)
             except Exception as exc:  # aiokafka would only log it: fail the job instead
@@ -273,10 +275,9 @@ class DownsamplingRunner:
             if not self._job_running:
                 return  # restarting: nothing runs, nothing to hand over
             await self.job.revoke_key_groups(key_groups)
-            try:
-                await asyncio.to_thread(self.sink.flush, self.config.revoke_flush_timeout_s)
-            except Exception as exc:
-                logger.warning("sink flush on revocation incomplete error=%r", exc)
+            # A barrier in the sink: only after it returns does aiokafka re-join the group, and
+            # the next owner is assigned only when every member re-joined.
+            await asyncio.to_thread(self.sink.fence, key_groups)
 
     # ------------------------------------------------------------------ introspection
     def partition_count(self) -> int | None:
