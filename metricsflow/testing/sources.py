@@ -15,6 +15,8 @@ Each key group reads a list of elements: ``RecordBatch`` / ``RawLinesBatch``, an
 The position (index of the next element) is the reader's checkpointed operator state, so a job
 restored from checkpoint *n* resumes exactly after it. ``committed`` holds, per key group, the
 position of the last checkpoint whose completion was notified (like Kafka offset commits).
+``positions`` holds each reader's current position, and :meth:`InMemorySource.wait_for_position`
+lets a test wait until the job has read that far (an event, not a sleep).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from metricsflow.errors import SerializationError
 from metricsflow.runtime.records import EndOfPartition, RawLinesBatch, RecordBatch
@@ -79,7 +81,9 @@ class InMemorySource(Source):
         self.element_delay_s = element_delay_s
         self.fired: set[tuple[int, int]] = set()
         self.committed: dict[int, int] = {}
+        self.positions: dict[int, int] = {}
         self.crashes = 0
+        self._position_waiters: list[tuple[int, frozenset[int], asyncio.Future[None]]] = []
 
     @property
     def key_groups(self) -> frozenset[int]:
@@ -87,6 +91,31 @@ class InMemorySource(Source):
 
     def create_reader(self, key_group: int) -> InMemoryReader:
         return InMemoryReader(self, key_group)
+
+    def record_position(self, key_group: int, position: int) -> None:
+        """A reader of ``key_group`` handed out everything before ``position``."""
+        self.positions[key_group] = position
+        for waiter in self._position_waiters:
+            if not waiter[2].done() and self._reached(waiter[0], waiter[1]):
+                waiter[2].set_result(None)
+
+    async def wait_for_position(
+        self, position: int, key_groups: Iterable[int] | None = None
+    ) -> None:
+        """Return once the reader of every key group in ``key_groups`` (default: all) has
+        handed out the elements before ``position`` (markers count as elements)."""
+        wanted = self.key_groups if key_groups is None else frozenset(key_groups)
+        if self._reached(position, wanted):
+            return
+        waiter = (position, wanted, asyncio.get_running_loop().create_future())
+        self._position_waiters.append(waiter)
+        try:
+            await waiter[2]
+        finally:
+            self._position_waiters.remove(waiter)
+
+    def _reached(self, position: int, key_groups: frozenset[int]) -> bool:
+        return all(self.positions.get(kg, 0) >= position for kg in key_groups)
 
 
 class InMemoryReader(SourceReader):
@@ -130,6 +159,7 @@ class InMemoryReader(SourceReader):
                 continue
             await asyncio.sleep(self.source.element_delay_s)
             self.index += 1
+            self.source.record_position(self.key_group, self.index)
             if element is END:
                 self._ended = True
                 return EndOfPartition(self.key_group)

@@ -14,11 +14,13 @@ from metricsflow.checkpointing.metadata import metadata_path
 from metricsflow.checkpointing.recovery import CheckpointRecovery
 from metricsflow.checkpointing.savepoints import savepoint_restore_plan
 from metricsflow.errors import CheckpointError
-from metricsflow.testing import CRASH, CollectedResults, InMemorySource
+from metricsflow.testing import CollectedResults, InMemorySource
 from metricsflow.testing.harness import MINUTE_NS, JobRunner, metric_batches
+from metricsflow.testing.sources import decode_position
 from metricsflow.windows.base import DEFAULT_TIERS, TierSpec
 
 MANUAL = CheckpointConfig(interval_ms=0, num_retained=3)
+WAIT_S = 10.0  # bound on an awaited event that must happen; never a measured delay
 
 
 async def _two_checkpoints(runner: JobRunner) -> tuple[int, int]:
@@ -26,10 +28,11 @@ async def _two_checkpoints(runner: JobRunner) -> tuple[int, int]:
     partitions = metric_batches(3, batches=8)
     for elements in partitions.values():
         elements.pop()  # no END: the job stays up until cancelled
-    job = runner.job_factory(InMemorySource(partitions), CollectedResults())(None)
+    source = InMemorySource(partitions)
+    job = runner.job_factory(source, CollectedResults())(None)
 
     task = asyncio.create_task(job.run())
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(source.wait_for_position(1), WAIT_S)  # every key group has read
     first = await job.trigger_checkpoint()
     second = await job.trigger_checkpoint()
     job.cancel()
@@ -88,16 +91,24 @@ async def test_a_job_restarts_from_the_previous_checkpoint_when_the_newest_is_co
 
 
 async def _savepoint(runner: JobRunner, seed: int) -> str:
+    """A savepoint taken mid-stream (every key group read two of its ten batches, and the
+    barrier overtakes a reader that waits 1 ms per batch), then the job is cancelled."""
     partitions = metric_batches(seed, batches=10)
-    partitions[0].insert(6, CRASH)  # stop mid-stream: the savepoint is taken before
+    for elements in partitions.values():
+        elements.pop()  # no END: the job stays up until cancelled
     source = InMemorySource(partitions, element_delay_s=0.001)
     job = runner.job_factory(source, CollectedResults())(None)
 
     task = asyncio.create_task(job.run())
-    await asyncio.sleep(0.004)
+    await asyncio.wait_for(source.wait_for_position(2), WAIT_S)
     savepoint = await job.trigger_savepoint()
-    with pytest.raises(Exception, match="simulated crash"):
-        await task
+    job.cancel()
+    await task
+    positions = [
+        decode_position(h.data) for h in savepoint.metadata.operator if h.uid == source.uid
+    ]
+    assert positions, "the savepoint holds no source positions"
+    assert all(2 <= p < 10 for p in positions), f"not mid-stream: {positions}"
     return savepoint.location
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,20 @@ def test_positions_are_committed_only_for_completed_checkpoints() -> None:
     assert source.committed == {}
     reader.notify_checkpoint_complete(3)
     assert source.committed == {0: 0}
+
+
+async def test_waiting_for_a_position_returns_once_every_key_group_has_read_that_far() -> None:
+    source = InMemorySource({0: [_batch(0), _batch(1)], 1: [_batch(2), END]})
+    readers = {kg: source.create_reader(kg) for kg in (0, 1)}
+    for reader in readers.values():
+        reader.restore_position(None)
+    waiter = asyncio.create_task(source.wait_for_position(2))
+    await readers[0].poll()
+    await readers[0].poll()
+    await readers[1].poll()
+    await asyncio.sleep(0)
+    assert not waiter.done(), "returned before key group 1 reached position 2"
+    assert source.positions == {0: 2, 1: 1}
+    await readers[1].poll()
+    await asyncio.wait_for(waiter, 5.0)
+    await asyncio.wait_for(source.wait_for_position(1, key_groups=[1]), 5.0)  # already there
