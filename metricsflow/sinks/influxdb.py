@@ -94,6 +94,10 @@ __all__ = [
 T = TypeVar("T")
 
 
+class DatabaseRefusedError(InfluxDBWriteError):
+    """InfluxDB refused, for good, to create a database or one of its retention policies."""
+
+
 class SinkClosedError(MetricsflowError):
     """The sink was closed while a write or flush was waiting."""
 
@@ -415,15 +419,34 @@ class InfluxDBSink(Sink):
         return self._current
 
     def _send(self, request: _Request) -> None:
-        if request.db not in self._ensured:
-            self._retrying(lambda: self._ensure(request.db))
-        chunks = self._within_retention(request.rp, request.chunks)
-        if chunks:
-            self._write_chunks(request.db, request.rp, chunks)
+        try:
+            if request.db not in self._ensured:
+                self._retrying(lambda: self._ensure(request.db))
+            chunks = self._within_retention(request.rp, request.chunks)
+            if chunks:
+                self._write_chunks(request.db, request.rp, chunks)
+        except DatabaseRefusedError as exc:
+            # InfluxDB refused for good to create the database or its retention policies
+            # (an invalid name, say): its lines are dead letters, the job goes on.
+            lines = [ln for _, data, _ in request.chunks for ln in data.split(b"\n") if ln]
+            self.stats.add_dead_letters("database_refused", len(lines))
+            self.dead_letters.write(
+                db=request.db,
+                rp=request.rp,
+                reason="database_refused",
+                status=exc.status,
+                error=str(exc),
+                lines=lines,
+            )
         self._retention_log.maybe_log()
 
     def _ensure(self, db: str) -> None:
-        ensure_database(self._client, db, self.config.tiers)
+        try:
+            ensure_database(self._client, db, self.config.tiers)
+        except InfluxDBWriteError as exc:
+            if exc.retriable:
+                raise
+            raise DatabaseRefusedError(str(exc), status=exc.status, retriable=False) from exc
         self._ensured.add(db)
 
     def _within_retention(self, rp: str, chunks: list[_Chunk]) -> list[_Chunk]:

@@ -30,7 +30,9 @@
   records pending, lag, or no recent fetch response (broker unreachable: the reader cannot
   know what is waiting) are all ``ACTIVE``: the watermark then waits for the data instead of
   following the wall clock, so nothing that is merely delayed becomes late.
-* **Poison records** (anything the headers check or the decoder rejects) are counted, logged with
+* **Poison records** (anything the headers check or the decoder rejects, and records no operator
+  could process: a database name InfluxDB refuses, a sample outside the pipeline's time range,
+  see :mod:`metricsflow.model.limits`) are counted, logged with
   topic/partition/offset, produced to the dead-letter topic ``<topic>.dlq`` (value and key
   unchanged, original headers plus ``mf-dlq-error``, ``mf-dlq-topic``, ``mf-dlq-partition``,
   ``mf-dlq-offset``, ``mf-dlq-time-ns``) and skipped. Producing the dead letter is awaited
@@ -54,6 +56,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from metricsflow.errors import ConfigurationError, SerializationError
 from metricsflow.model.columnar import decode_columnar
+from metricsflow.model.limits import LimitError, check_record
 from metricsflow.model.message import read_headers
 from metricsflow.runtime.records import RawLinesBatch, RecordBatch
 from metricsflow.runtime.source import Source, SourceElement, SourceReader, WatermarkStatus
@@ -387,7 +390,8 @@ class KafkaPartitionReader(SourceReader):
                     raise SerializationError("record has no value (tombstone)")
                 meta = read_headers(record.headers)
                 cols = decode_columnar(value, self._keys.interner)
-            except SerializationError as exc:
+                check_record(meta.db, cols.time_ns)  # what no operator could process
+            except (SerializationError, LimitError) as exc:
                 stats.dead_letters += 1
                 logger.error(
                     "undecodable record sent to the dead-letter topic topic=%s partition=%d "

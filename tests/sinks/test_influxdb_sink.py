@@ -202,6 +202,20 @@ def test_databases_outside_the_allow_list_are_dead_lettered_not_created(
     assert name not in {d["name"] for d in dbs}
 
 
+def test_a_database_influxdb_refuses_to_create_is_dead_lettered_and_the_sink_goes_on(
+    influx_database_factory: Callable[..., str], sink_factory: SinkFactory
+) -> None:
+    sink = sink_factory()
+    good = influx_database_factory()
+    sink.write_raw(raw("x" * 300, f"m v=1 {NOW_NS}"))  # InfluxDB: "name too long"
+    sink.write_raw(raw(good, f"m v=2 {NOW_NS}"))
+    sink.flush(30)
+    assert sink.stats.dead_letter_points == {"database_refused": 1}
+    letters = read_dead_letters(sink.dead_letters.path.parent)
+    assert "name too long" in str(letters[0]["error"])
+    assert sink.stats.points_written == 1
+
+
 def test_an_influxdb_outage_blocks_the_flush_and_writes_resume_after_restart(
     influxdb_server: InfluxDBServer,
     sink_factory: SinkFactory,
