@@ -4,7 +4,9 @@ Every endpoint turns a request into one :class:`ParsedWrite` (all or nothing: a 
 rejects the whole request before anything is produced). :class:`~gateway.producer.KafkaWriter`
 groups its lines by partition, produces them as ``lp1`` records (docs/message-format.md) and
 returns only when Kafka acknowledged every record (``acks=all``), or raises one of the
-:class:`RequestError` subclasses below, which the app maps to the endpoint's error shape.
+:class:`RequestError` subclasses below. Routes and dependencies raise them; the app's one
+exception handler (:func:`gateway.responses.request_error_response`) turns them into the
+endpoint's error shape.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ class PayloadTooLargeError(RequestError):
 
     status = 413
     reason = "too_large"
+
+
+class UnsupportedEncodingError(RequestError):
+    """A ``Content-Encoding`` the endpoint does not decode (415)."""
+
+    status = 415
+    reason = "encoding"
 
 
 class UnauthorizedError(RequestError):
