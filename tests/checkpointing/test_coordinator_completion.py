@@ -23,7 +23,6 @@ from metricsflow.checkpointing.metadata import (
 )
 from metricsflow.checkpointing.protocol import (
     CheckpointType,
-    TaskAcknowledgement,
 )
 from tests.checkpointing.coordinator_doubles import (
     MS,
@@ -157,23 +156,28 @@ async def test_a_pending_savepoint_is_not_subsumed_by_a_newer_checkpoint(
 # -- late acknowledgements -------------------------------------------------------------------
 
 
-async def _end_by(s: Setup, how: str) -> tuple[int, TaskAcknowledgement]:
-    """Start a checkpoint, end it ``how``; return its id and an ack that then arrives late."""
-    future, checkpoint_id = await s.triggered()
-    late = state_ack(s.storage, checkpoint_id, "sink", 2)
+async def _end_by(s: Setup, how: str, tmp_path: Path) -> tuple[int, RecordingStorage]:
+    """Start a checkpoint (or a savepoint), end it ``how``; return its id and its storage."""
+    storage = s.storage
+    if how == "savepoint-declined":
+        storage = RecordingStorage(tmp_path / "savepoint")
+        future = asyncio.ensure_future(s.coordinator.trigger_savepoint(storage, "sp"))
+        checkpoint_id = (await s.participants.barrier()).checkpoint_id
+    else:
+        future, checkpoint_id = await s.triggered()
     if how == "expired":
         s.clock.advance(s.coordinator.config.timeout_ns + 1)
         s.coordinator.expire_overdue()
-    elif how == "declined":
-        s.coordinator.decline_checkpoint(
-            "source-0", checkpoint_id, CheckpointFailureReason.CHECKPOINT_DECLINED
-        )
-    else:
+    elif how == "subsumed":
         _, newer_id = await s.triggered()
         acknowledge_all(s.coordinator, newer_id)
         await s.participants.until(lambda: newer_id in s.participants.completed)
+    else:
+        s.coordinator.decline_checkpoint(
+            "source-0", checkpoint_id, CheckpointFailureReason.CHECKPOINT_DECLINED
+        )
     await failure_of(future)
-    return checkpoint_id, late
+    return checkpoint_id, storage
 
 
 @pytest.mark.parametrize("how", ["expired", "declined", "subsumed"])
@@ -184,16 +188,18 @@ async def test_a_late_acknowledgement_is_ignored_and_its_state_files_are_deleted
         interval_ms=0, max_concurrent_checkpoints=2, tolerable_failed_checkpoints=-1
     )
     s = Setup(tmp_path, config)
-    checkpoint_id, late = await _end_by(s, how)
+    checkpoint_id, storage = await _end_by(s, how, tmp_path)
+    await s.coordinator.shutdown()  # the abort's cleanup is over ...
+    late = state_ack(storage, checkpoint_id, "sink", 2)  # ... when a slow task's files land
     completed_before = list(s.participants.completed)
     s.coordinator.acknowledge_checkpoint("sink", checkpoint_id, late)
-    await s.coordinator.shutdown()
+    await s.coordinator.shutdown()  # waits for the late cleanup
     [(_, handle)] = late.keyed
-    assert handle.private[0].path in s.storage.deleted
-    assert not s.storage.exists(handle.private[0].path)
+    assert not storage.exists(handle.private[0].path), "the late acknowledgement's files leak"
     assert s.participants.completed == completed_before
     assert checkpoint_id not in [c.checkpoint_id for c in s.coordinator.completed_checkpoints]
-    assert metadata_path(checkpoint_id) not in s.storage.atomic_writes
+    assert metadata_path(checkpoint_id) not in storage.atomic_writes
+    assert METADATA_FILE not in storage.atomic_writes
 
 
 async def test_a_repeated_acknowledgement_of_a_completed_checkpoint_keeps_its_files(
