@@ -64,6 +64,9 @@ UNCOUNTED_FAILURES = frozenset(
     }
 )
 
+#: Aborted savepoints whose storage is remembered for the cleanup of late acknowledgements.
+ABORTED_SAVEPOINTS_REMEMBERED = 16
+
 
 class CheckpointFailedError(CheckpointError):
     """A checkpoint or savepoint was aborted; ``reason`` says why."""
@@ -188,6 +191,8 @@ class CheckpointCoordinator:
         self._shutdown = False
         self._periodic_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
+        #: storages of recently aborted savepoints, where their late acknowledgements' files are
+        self._aborted_savepoints: dict[int, CheckpointStorage] = {}
         interval_s = config.interval_ms / 1000
         self._tick_s = tick_s if tick_s is not None else min(max(interval_s / 4, 0.001), 0.05)
 
@@ -332,7 +337,8 @@ class CheckpointCoordinator:
             if all(c.checkpoint_id != checkpoint_id for c in self.completed_checkpoints):
                 # the checkpoint was aborted before this task's files were written: drop them
                 paths = [h.path for _, kg_handle in ack.keyed for h in kg_handle.private]
-                self._spawn(self._cleanup(self.storage, paths, checkpoint_id))
+                storage = self._aborted_savepoints.get(checkpoint_id, self.storage)
+                self._spawn(self._cleanup(storage, paths, checkpoint_id))
             return
         if task_id not in pending.tasks_to_ack:
             logger.warning(
@@ -518,6 +524,10 @@ class CheckpointCoordinator:
                 CheckpointFailedError(pending.checkpoint_id, reason, detail)
             )
         self._spawn(self._cleanup(pending.storage, _files_of(pending), pending.checkpoint_id))
+        if pending.is_savepoint:
+            self._aborted_savepoints[pending.checkpoint_id] = pending.storage
+            if len(self._aborted_savepoints) > ABORTED_SAVEPOINTS_REMEMBERED:
+                del self._aborted_savepoints[min(self._aborted_savepoints)]
         if reason in UNCOUNTED_FAILURES or pending.is_savepoint:
             return
         self.consecutive_failures += 1

@@ -180,7 +180,7 @@ async def _end_by(s: Setup, how: str, tmp_path: Path) -> tuple[int, RecordingSto
     return checkpoint_id, storage
 
 
-@pytest.mark.parametrize("how", ["expired", "declined", "subsumed"])
+@pytest.mark.parametrize("how", ["expired", "declined", "subsumed", "savepoint-declined"])
 async def test_a_late_acknowledgement_is_ignored_and_its_state_files_are_deleted(
     tmp_path: Path, how: str
 ) -> None:
