@@ -25,9 +25,8 @@ import orjson
 
 from gateway.base import BadRequestError
 from metricsflow.errors import SerializationError
+from metricsflow.model.limits import time_limit_message
 from metricsflow.model.lineprotocol import (
-    MAX_TIME_NS,
-    MIN_TIME_NS,
     Limits,
     format_point,
     series_key,
@@ -121,14 +120,26 @@ def parse_json_points(
             time_ns = default_time_ns
         elif isinstance(raw_time, int) and not isinstance(raw_time, bool):
             time_ns = raw_time * precision_factor
-            if not MIN_TIME_NS <= time_ns <= MAX_TIME_NS:
-                raise _bad(n, f"{p}.time", "timestamp out of range")
+            if not limits.min_time_ns <= time_ns < limits.max_time_ns:
+                raise _bad(
+                    n,
+                    f"{p}.time",
+                    time_limit_message(time_ns, limits.min_time_ns, limits.max_time_ns),
+                )
         else:
             raise _bad(n, f"{p}.time", "must be an integer")
         point = Point.make(meas, tags, fields, time_ns)
         try:
-            lines.append(format_point(point))
+            line = format_point(point)
         except SerializationError as exc:
             raise _bad(n, p, str(exc)) from None
+        if len(line) > limits.max_line_length:
+            raise _bad(
+                n,
+                p,
+                f"the point is {len(line)} characters of line protocol, more than the "
+                f"{limits.max_line_length} allowed (GATEWAY_MAX_LINE_LENGTH)",
+            )
+        lines.append(line)
         keys.append(series_key(point.measurement, point.tags))
     return keys, lines

@@ -23,8 +23,9 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
-from gateway.base import BadRequestError
-from metricsflow.model.lineprotocol import escape_key, escape_measurement
+from gateway.base import BadRequestError, PayloadTooLargeError
+from metricsflow.model.limits import time_limit_message
+from metricsflow.model.lineprotocol import DEFAULT_LIMITS, Limits, escape_key, escape_measurement
 
 STALE_NAN_BITS: Final = 0x7FF0000000000002
 _F = descriptor_pb2.FieldDescriptorProto
@@ -80,10 +81,20 @@ def snappy_uncompressed_length(data: bytes) -> int:
     raise BadRequestError("snappy: bad block header")
 
 
-def decode_write_request(payload: bytes, dropped: dict[str, int]) -> tuple[list[str], list[str]]:
+def decode_write_request(
+    payload: bytes,
+    dropped: dict[str, int],
+    limits: Limits = DEFAULT_LIMITS,
+    max_bytes: int | None = None,
+) -> tuple[list[str], list[str]]:
     """``(series_keys, canonical_lines)`` of a decompressed ``WriteRequest``.
 
-    ``dropped`` counts deliberately dropped samples by reason.
+    ``dropped`` counts deliberately dropped samples by reason. The line-protocol limits apply
+    to the labels (``__name__`` and label names: ``max_key_length``; values:
+    ``max_tag_value_length``; ``max_tags``; the series key: ``max_line_length``) and the
+    time range to every sample; the lines a request expands to (every sample repeats its
+    series key) may not exceed ``max_bytes`` (413): a small request of many samples of one
+    long-labelled series cannot turn into hundreds of megabytes.
     """
     req = WriteRequest()
     try:
@@ -94,6 +105,8 @@ def decode_write_request(payload: bytes, dropped: dict[str, int]) -> tuple[list[
     lines: list[str] = []
     pack = struct.Struct("<d").pack
     unpack_bits = struct.Struct("<Q").unpack
+    min_time, max_time = limits.min_time_ns, limits.max_time_ns
+    expanded = 0
     for n, ts in enumerate(req.timeseries, 1):
         name = None
         tags: list[tuple[str, str]] = []
@@ -104,14 +117,24 @@ def decode_write_request(payload: bytes, dropped: dict[str, int]) -> tuple[list[
                 tags.append((label.name, label.value))
         if not name:
             raise BadRequestError(f"timeseries {n}: no __name__ label")
-        for k, v in tags:
-            if "\n" in k or "\n" in v or not k:
-                raise BadRequestError(f"timeseries {n}: label {k!r} cannot be a tag")
+        _check_labels(n, name, tags, limits)
         tags.sort()
         sk = escape_measurement(name) + "".join(
             f",{escape_key(k)}={escape_key(v)}" for k, v in tags
         )
-        for sample in ts.samples:
+        if len(sk) > limits.max_line_length:
+            raise BadRequestError(
+                f"timeseries {n} ({name[:40]!r}): labels of {len(sk)} characters, more than "
+                f"the {limits.max_line_length} of GATEWAY_MAX_LINE_LENGTH"
+            )
+        if max_bytes is not None:
+            expanded += len(ts.samples) * (len(sk) + 48)  # key, value and timestamp per line
+            if expanded > max_bytes:
+                raise PayloadTooLargeError(
+                    f"timeseries {n}: the request expands to more than {max_bytes} bytes of "
+                    "points (every sample repeats its labels); send fewer samples per request"
+                )
+        for i, sample in enumerate(ts.samples, 1):
             value = sample.value
             if not math.isfinite(value):
                 if math.isnan(value):
@@ -120,6 +143,35 @@ def decode_write_request(payload: bytes, dropped: dict[str, int]) -> tuple[list[
                     reason = "inf"
                 dropped[reason] = dropped.get(reason, 0) + 1
                 continue
+            time_ns = sample.timestamp * 1_000_000
+            if not min_time <= time_ns < max_time:
+                raise BadRequestError(
+                    f"timeseries {n} ({name[:40]!r}), sample {i}: "
+                    + time_limit_message(time_ns, min_time, max_time)
+                )
             keys.append(sk)
-            lines.append(f"{sk} value={value!r} {sample.timestamp * 1_000_000}")
+            lines.append(f"{sk} value={value!r} {time_ns}")
     return keys, lines
+
+
+def _check_labels(n: int, name: str, tags: list[tuple[str, str]], limits: Limits) -> None:
+    where = f"timeseries {n} ({name[:40]!r})"
+    if len(name) > limits.max_key_length:
+        raise BadRequestError(
+            f"{where}: __name__ of {len(name)} characters, more than {limits.max_key_length}"
+        )
+    if len(tags) > limits.max_tags:
+        raise BadRequestError(f"{where}: {len(tags)} labels, more than {limits.max_tags}")
+    for k, v in tags:
+        if "\n" in k or "\n" in v or not k:
+            raise BadRequestError(f"timeseries {n}: label {k[:40]!r} cannot be a tag")
+        if len(k) > limits.max_key_length:
+            raise BadRequestError(
+                f"{where}: label name {k[:40]!r}... of {len(k)} characters, more than "
+                f"{limits.max_key_length}"
+            )
+        if len(v) > limits.max_tag_value_length:
+            raise BadRequestError(
+                f"{where}: value of label {k[:40]!r} has {len(v)} characters, more than "
+                f"{limits.max_tag_value_length}"
+            )

@@ -64,11 +64,20 @@ def format_time_ns(time_ns: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ns % 1_000_000_000:09d}Z"
 
 
-def time_range_message(time_ns: int) -> str:
+def time_limit_message(time_ns: int, min_time_ns: int, max_time_ns: int) -> str:
+    """Why ``time_ns`` is refused, naming the value and the accepted range."""
+    if (min_time_ns, max_time_ns) == (ENGINE_MIN_TIME_NS, ENGINE_MAX_TIME_NS):
+        accepted = "the range the pipeline stores: "
+    else:
+        accepted = "the accepted range "
     return (
-        f"timestamp {time_ns} ({format_time_ns(time_ns)}) is outside the range the pipeline "
-        "stores: 1678-01-01T00:00:00Z (inclusive) to 2262-01-01T00:00:00Z (exclusive)"
+        f"timestamp {time_ns} ({format_time_ns(time_ns)}) is outside {accepted}"
+        f"{format_time_ns(min_time_ns)} (inclusive) to {format_time_ns(max_time_ns)} (exclusive)"
     )
+
+
+def time_range_message(time_ns: int) -> str:
+    return time_limit_message(time_ns, ENGINE_MIN_TIME_NS, ENGINE_MAX_TIME_NS)
 
 
 def check_time_ns(time_ns: int) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from metricsflow.errors import ParseError, SerializationError
+from metricsflow.model.limits import ENGINE_MAX_TIME_NS, ENGINE_MIN_TIME_NS, time_limit_message
 from metricsflow.model.point import (
     INT64_MAX,
     INT64_MIN,
@@ -81,6 +82,10 @@ class Limits:
     max_key_length: int = 256
     """Longest measurement, tag key or field key (characters)."""
     max_tag_value_length: int = 4_096
+    min_time_ns: int = ENGINE_MIN_TIME_NS
+    """Smallest timestamp accepted (see :mod:`metricsflow.model.limits`)."""
+    max_time_ns: int = ENGINE_MAX_TIME_NS
+    """First timestamp refused (exclusive bound)."""
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -319,8 +324,10 @@ def parse_line(
         if not _INT_RE.fullmatch(raw_ts):
             raise err(f"invalid timestamp '{raw_ts}'", i, raw_ts)
         time_ns = int(raw_ts) * precision_factor
-        if not MIN_TIME_NS <= time_ns <= MAX_TIME_NS:
-            raise err(f"timestamp out of range '{raw_ts}'", i, raw_ts)
+        if not limits.min_time_ns <= time_ns < limits.max_time_ns:
+            raise err(
+                time_limit_message(time_ns, limits.min_time_ns, limits.max_time_ns), i, raw_ts
+            )
     return Point(measurement, tuple(sorted(tags.items())), tuple(sorted(fields.items())), time_ns)
 
 
@@ -441,6 +448,7 @@ def canonicalize(
     max_key = limits.max_key_length
     max_tval = limits.max_tag_value_length
     short = min(max_key, max_tval, max_len)
+    min_time, max_time = limits.min_time_ns, limits.max_time_ns
     tag_cache = _TAG_CACHE
     for lineno, row in enumerate(rows, 1):
         if row is not None:
@@ -487,7 +495,7 @@ def canonicalize(
                 else:
                     time_ns = int(ts) * precision_factor
                     canonical = False
-                if MIN_TIME_NS <= time_ns <= MAX_TIME_NS:
+                if min_time <= time_ns < max_time:
                     keys.append(sk)
                     out.append(line if canonical else f"{sk} {fieldstr} {time_ns}")
                     continue

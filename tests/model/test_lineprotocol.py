@@ -7,9 +7,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from metricsflow.errors import ParseError
+from metricsflow.model.limits import ENGINE_MAX_TIME_NS, ENGINE_MIN_TIME_NS
 from metricsflow.model.lineprotocol import (
-    MAX_TIME_NS,
-    MIN_TIME_NS,
     PRECISION_V1,
     Limits,
     canonicalize,
@@ -43,7 +42,7 @@ points = st.builds(
     names,
     st.dictionaries(tag_names, tag_names, max_size=4),
     st.dictionaries(tag_names, field_values, min_size=1, max_size=4),
-    st.integers(MIN_TIME_NS, MAX_TIME_NS),
+    st.integers(ENGINE_MIN_TIME_NS, ENGINE_MAX_TIME_NS - 1),
 )
 
 
@@ -113,7 +112,7 @@ def test_precision_multiplies_the_timestamp_and_a_missing_one_gets_the_receive_t
         ("m v=99999999999999999999i", 1, 5, "integer value out of range"),
         ("m v=-1u", 1, 5, "invalid field value"),
         ("m v=1e400", 1, 5, "float value out of range"),
-        ("m v=1 9223372036854775807", 1, 7, "timestamp out of range"),
+        ("m v=1 9223372036854775807", 1, 7, "is outside the range the pipeline stores"),
         ("m,a=1,a=2 v=1", 1, 7, "duplicate tag key"),
         ("m v=", 1, 5, "missing field value"),
         ("m v=nan", 1, 5, "invalid field value"),
@@ -193,3 +192,26 @@ def test_a_body_is_rejected_exactly_at_its_first_line_that_is_bad_on_its_own(
     # the fast path and the exact parser agree on every accepted line
     exact = [p for p in (parse_line(ln, default_time_ns=0) for ln in physical) if p is not None]
     assert [parse_line(ln) for ln in out] == exact
+
+
+@pytest.mark.parametrize(
+    ("time_ns", "accepted"),
+    [
+        (ENGINE_MIN_TIME_NS - 1, False),
+        (ENGINE_MIN_TIME_NS, True),
+        (ENGINE_MAX_TIME_NS - 1, True),
+        (ENGINE_MAX_TIME_NS, False),
+        (9_223_372_036_000_000_000, False),  # 'edge v=1 9223372036' at precision s
+    ],
+)
+def test_timestamps_are_accepted_exactly_within_the_pipeline_range(
+    time_ns: int, accepted: bool
+) -> None:
+    line = f"m v=1 {time_ns}"
+    if accepted:
+        assert canonicalize(line, default_time_ns=0)[1] == [line]
+        return
+    with pytest.raises(ParseError, match="is outside the range the pipeline stores") as info:
+        canonicalize(line, default_time_ns=0)
+    assert str(time_ns) in str(info.value)
+    assert info.value.column == 7
