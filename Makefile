@@ -56,7 +56,8 @@ pytest: $(STAMP) infra-install
 
 # Unit tests alone (no servers): the coordinator and the restart strategies must stay >= 90%.
 COVERAGE_TESTS := tests/checkpointing/test_coordinator.py \
-	tests/checkpointing/test_coordinator_completion.py tests/runtime/test_restart.py
+	tests/checkpointing/test_coordinator_completion.py \
+	tests/checkpointing/test_coordinator_model.py tests/runtime/test_restart.py
 coverage: $(STAMP)
 	$(BIN)/pytest $(COVERAGE_TESTS) -q -p no:cacheprovider \
 		--cov=metricsflow.checkpointing.coordinator --cov=metricsflow.runtime.restart \

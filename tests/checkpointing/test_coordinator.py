@@ -3,7 +3,8 @@
 Every setting of ``CheckpointConfig`` that decides triggering and failure (interval, timeout,
 min pause, max concurrent, tolerable failures, mode), declines with every
 ``CheckpointFailureReason``, and the coordinator's lifecycle. Doubles, the ``ManualClock`` and
-the storage: coordinator_doubles.py. Part 2 (completion): test_coordinator_completion.py.
+the storage: coordinator_doubles.py. Part 2 (completion): test_coordinator_completion.py;
+random runs against a reference model: test_coordinator_model.py.
 """
 
 from __future__ import annotations
