@@ -45,6 +45,7 @@ from metricsflow.checkpointing.protocol import (
     CheckpointType,
     TaskAcknowledgement,
 )
+from metricsflow.checkpointing.retention import PartitionRetention, RetentionGuard
 from metricsflow.checkpointing.shared_registry import SharedStateRegistry
 from metricsflow.errors import CheckpointError
 from metricsflow.state.handles import CheckpointStorage
@@ -174,6 +175,7 @@ class CheckpointCoordinator:
         properties: Mapping[str, str] | None = None,
         history_size: int = 100,
         tick_s: float | None = None,
+        retention_guard: RetentionGuard | None = None,
     ) -> None:
         self.config = config
         self.storage = storage
@@ -181,6 +183,8 @@ class CheckpointCoordinator:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.shared_registry = shared_registry or SharedStateRegistry()
         self.properties = dict(properties or {})
+        self.retention_guard = retention_guard
+        self.retention = PartitionRetention(retention_guard)
         self.pending_checkpoints: dict[int, PendingCheckpoint] = {}
         self.completed_checkpoints: list[CompletedCheckpoint] = []
         self.history: collections.deque[CheckpointStats] = collections.deque(maxlen=history_size)
@@ -235,6 +239,12 @@ class CheckpointCoordinator:
             self._abort(pending, CheckpointFailureReason.CHECKPOINT_COORDINATOR_SHUTDOWN)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    @property
+    def pinned(self) -> dict[int, tuple[CompletedCheckpoint, frozenset[int]]]:
+        """Checkpoints kept past ``num_retained`` as the newest holder of handed-over key
+        groups, by id, with those key groups."""
+        return self.retention.pinned
 
     def latest_completed_checkpoint(self) -> CompletedCheckpoint | None:
         return self.completed_checkpoints[-1] if self.completed_checkpoints else None
@@ -465,10 +475,20 @@ class CheckpointCoordinator:
         if not pending.future.done():
             pending.future.set_result(completed)
 
+    def set_property(self, name: str, value: str) -> None:
+        """A property recorded in the metadata of checkpoints completed from now on."""
+        self.properties[name] = value
+
     def _trim_retained(self) -> None:
+        """Discard checkpoints beyond ``num_retained``, except the newest holder of a key
+        group handed over to another worker (``checkpointing/retention.py``)."""
         while len(self.completed_checkpoints) > self.config.num_retained:
             old = self.completed_checkpoints.pop(0)
-            self._spawn(self._discard(old))
+            if not self.retention.pin_if_sole_holder(old, self.completed_checkpoints):
+                self._spawn(self._discard(old))
+        release = self.retention.release(self.completed_checkpoints, self._discard)
+        if release is not None:
+            self._spawn(release)
 
     async def _discard(self, old: CompletedCheckpoint) -> None:
         unused = self.shared_registry.release(old.checkpoint_id)

@@ -36,6 +36,7 @@ from metricsflow.checkpointing.coordinator import CompletedCheckpoint
 from metricsflow.checkpointing.storage import FsCheckpointStorage
 from metricsflow.errors import ConfigurationError
 from metricsflow.job.graph import SOURCE_UID, DownsamplingJobConfig, build_graph
+from metricsflow.job.lock import WorkerIdLock
 from metricsflow.job.recovery import ClusterRecovery
 from metricsflow.model.partition import partition_for
 from metricsflow.runtime.job import Job
@@ -68,6 +69,8 @@ class RunnerConfig:
     state_backend: StateBackendConfig = field(default_factory=StateBackendConfig)
     from_savepoint: str | None = None
     allow_non_restored_state: bool = False
+    allow_empty_start: bool = False
+    """Start a partition with no checkpoint from nothing even if its group committed offsets."""
     restart_strategy: str = "failure-rate"
     """``failure-rate``, ``fixed-delay`` or ``none`` (fail the process at the first failure)."""
     restart_delay_s: float = 2.0
@@ -134,13 +137,15 @@ class DownsamplingRunner:
             max_files=config.sink.dead_letter_max_files,
         )
         root = config.checkpoint_dir / config.worker_id
-        root.mkdir(parents=True, exist_ok=True)
+        self.lock = WorkerIdLock(root, config.worker_id)
         self.storage = FsCheckpointStorage(str(root))
         self.recovery = ClusterRecovery(
             config.checkpoint_dir,
             SOURCE_UID,
+            own_root=root,
             savepoint=config.from_savepoint,
             allow_non_restored_state=config.allow_non_restored_state,
+            allow_empty_start=config.allow_empty_start,
         )
         self.restart_strategy = config.build_restart_strategy()
         self.restarts = 0
@@ -164,6 +169,8 @@ class DownsamplingRunner:
             state_backend_factory=lambda uid, kg: backend.build(f"{uid}-{kg}"),
             checkpoint_config=self.config.checkpoint,
             savepoint_root=str(self.config.savepoint_dir),
+            retention_guard=self.recovery,
+            checkpoint_properties=self.recovery.properties(()),
         )
 
     def _replace_job(self) -> None:
@@ -232,14 +239,14 @@ class DownsamplingRunner:
                 await asyncio.gather(job_task, return_exceptions=True)
             await self.source.stop()
             self.sink.close(flush=False)
+            self.lock.release()
 
     async def _assign_owned_key_groups(self) -> None:
         """After a restart: restore what the consumer still owns from the newest state."""
         async with self._lock:
             owned = self.source.assigned
             if owned:
-                plan = await asyncio.to_thread(self.recovery.plan, owned)
-                await self.job.assign_key_groups(owned, plan)
+                await self._restore(owned)
             logger.info(
                 "job restarted in-process key_groups=%s restarts=%d", sorted(owned), self.restarts
             )
@@ -262,8 +269,7 @@ class DownsamplingRunner:
                 return  # restarting: the new job takes source.assigned when it starts
             try:
                 self.sink.unfence(key_groups)
-                plan = await asyncio.to_thread(self.recovery.plan, key_groups)
-                await self.job.assign_key_groups(key_groups, plan)
+                await self._restore(key_groups)
             except Exception as exc:  # aiokafka would only log it: fail the job instead
                 logger.exception("assigning key groups failed key_groups=%s", sorted(key_groups))
                 self.job.fail_job(exc)
@@ -275,9 +281,23 @@ class DownsamplingRunner:
             if not self._job_running:
                 return  # restarting: nothing runs, nothing to hand over
             await self.job.revoke_key_groups(key_groups)
+            self._record_generations()
             # A barrier in the sink: only after it returns does aiokafka re-join the group, and
             # the next owner is assigned only when every member re-joined.
             await asyncio.to_thread(self.sink.fence, key_groups)
+
+    async def _restore(self, key_groups: frozenset[int]) -> None:
+        """Restore and start ``key_groups`` from the newest state in the cluster (refusing an
+        empty start of a partition that was checkpointed once, ``job/recovery.py``)."""
+        committed = await self.source.committed_offsets(key_groups)
+        plan = await asyncio.to_thread(self.recovery.plan, key_groups, committed)
+        await self.job.assign_key_groups(key_groups, plan)
+        self._record_generations()
+
+    def _record_generations(self) -> None:
+        """Checkpoints record the restore generation of every key group they hold."""
+        for name, value in self.recovery.properties(self.job.key_groups).items():
+            self.job.coordinator.set_property(name, value)
 
     # ------------------------------------------------------------------ introspection
     def partition_count(self) -> int | None:

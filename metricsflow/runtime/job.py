@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from metricsflow.checkpointing.base import CheckpointFailureReason
@@ -33,6 +33,7 @@ from metricsflow.checkpointing.coordinator import (
 )
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.checkpointing.recovery import CheckpointRecovery, KeyGroupRestore, RestorePlan
+from metricsflow.checkpointing.retention import RetentionGuard
 from metricsflow.checkpointing.savepoints import (
     StorageFactory,
     check_state_claimed,
@@ -78,6 +79,8 @@ class Job:
         savepoint_storage_factory: StorageFactory = default_storage_factory,
         async_threads: int = 2,
         processing_time_interval_ms: int = 200,
+        retention_guard: RetentionGuard | None = None,
+        checkpoint_properties: Mapping[str, str] | None = None,
     ) -> None:
         self.graph = graph
         self.storage = storage
@@ -105,7 +108,8 @@ class Job:
             self,
             clock=self.clock,
             start_checkpoint_id=1,
-            properties={"job": graph.name},
+            properties={"job": graph.name, **(checkpoint_properties or {})},
+            retention_guard=retention_guard,
         )
 
     # -- CheckpointParticipants --------------------------------------------------------------

@@ -213,6 +213,16 @@ class KafkaSource(Source):
             if reader is not None:
                 reader.close()
 
+    async def committed_offsets(self, key_groups: frozenset[int]) -> dict[int, int | None]:
+        """The consumer group's committed offset per partition (``None``: never committed).
+        Offsets are committed only after a completed checkpoint, so one that exists means
+        the partition's state was checkpointed once."""
+        consumer = self.consumer
+        return {
+            kg: await consumer.committed(TopicPartition(self.config.topic, kg))
+            for kg in sorted(key_groups)
+        }
+
     # ------------------------------------------------------------------ readers
     def create_reader(self, key_group: int) -> KafkaPartitionReader:
         reader = KafkaPartitionReader(self, key_group)

@@ -57,7 +57,14 @@ def worker(
         port=port,
         allow_non_restored_state=allow_non_restored_state,
     )
-    runner = DownsamplingRunner(settings.runner_config())
+    from metricsflow.job.lock import WorkerIdInUseError
+
+    try:
+        runner = DownsamplingRunner(settings.runner_config())
+    except WorkerIdInUseError as exc:
+        logger.error("worker refused: %s", exc)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     outcome: dict[str, BaseException | None] = {}
     server: uvicorn.Server | None = None
 

@@ -77,6 +77,14 @@ class WorkerCollector(Collector):
         yield counter(
             "late_points", "Points beyond the allowed lateness (raw tier only).", r.late.points
         )
+        refused = CounterMetricFamily(
+            p + "partitions_refused_empty",
+            "Assignments refused: the partition has committed offsets but no checkpoint.",
+            labels=["partition"],
+        )
+        for kg, count in sorted(r.recovery.refused.items()):
+            refused.add_metric([str(kg)], count)
+        yield refused
         yield counter("rebalances", "Partition assignments received.", src.rebalances)
         lag = GaugeMetricFamily(
             p + "consumer_lag", "Records behind the partition's end.", labels=["partition"]

@@ -351,9 +351,17 @@ class WorkerSettings(BaseSettings):
     from_savepoint: str | None = Field(
         default=None,
         description=(
-            "Savepoint directory to start from (`--from-savepoint`). It is one candidate "
-            "per partition: a checkpoint in METRICSFLOW_CHECKPOINT_DIR with a higher Kafka "
-            "offset wins."
+            "Savepoint directory to start from (`--from-savepoint`): every partition it holds "
+            "restores from it, older or newer than the checkpoints in "
+            "METRICSFLOW_CHECKPOINT_DIR (a new restore generation; see docs/operations.md)."
+        ),
+    )
+    allow_empty_start: bool = Field(
+        default=False,
+        description=(
+            "Start a partition from nothing (earliest offset) even though its consumer group "
+            "has committed offsets and no checkpoint holds it; otherwise the worker refuses, "
+            "naming the partition, the offset and the roots searched."
         ),
     )
     allow_non_restored_state: bool = Field(
@@ -488,6 +496,7 @@ class WorkerSettings(BaseSettings):
             ),
             from_savepoint=self.from_savepoint,
             allow_non_restored_state=self.allow_non_restored_state,
+            allow_empty_start=self.allow_empty_start,
             restart_strategy=self.restart_strategy,
             restart_delay_s=self.restart_delay_s,
             restart_attempts=self.restart_attempts,

@@ -471,6 +471,7 @@ def worker_metric_names() -> set[str]:
             ),
         ),
         late=SimpleNamespace(points=0),
+        recovery=SimpleNamespace(refused={}),
         job=SimpleNamespace(
             key_groups=[0], source_task=no_task, coordinator=SimpleNamespace(history=[checkpoint])
         ),
