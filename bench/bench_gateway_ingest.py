@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from gateway.server import GatewayConfig, GatewayServer
+from metricsflow.infra.gateway import GatewayConfig, GatewayServer
 from metricsflow.infra.influxdb import InfluxDBConfig, InfluxDBServer
 from metricsflow.infra.kafka import KafkaConfig, KafkaServer
 from metricsflow.infra.process import free_ports

@@ -441,7 +441,7 @@ def percentile(values: list[float], q: float) -> float:
 async def run_latency(
     tmp: Path, kafka: KafkaServer, influx: Influx, duration_s: float, rate_hz: float
 ) -> dict[str, Any]:
-    from gateway.server import GatewayConfig, GatewayServer
+    from metricsflow.infra.gateway import GatewayConfig, GatewayServer
 
     topic = "latency"
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)

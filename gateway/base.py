@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metricsflow.errors import MetricsflowError
+from metricsflow.model import MetricsflowError
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from gateway.base import BadRequestError
-from metricsflow.errors import SerializationError
+from metricsflow.model import SerializationError
 from metricsflow.model.limits import time_limit_message
 from metricsflow.model.lineprotocol import (
     Limits,

@@ -1,15 +1,22 @@
 """The ``metricsflow`` command line: one entry point, one subcommand group per component.
 
-Each component registers its own group here (infrastructure, gateway, worker, savepoints,
-checkpoints); the modules are imported lazily so that ``metricsflow --help`` stays fast.
+The engine's own commands (infrastructure, worker, savepoints, checkpoints) are registered
+here; the modules are imported lazily so that ``metricsflow --help`` stays fast. Commands of
+other packages are plugins: a ``click`` command published under the entry-point group
+``metricsflow.commands`` (the gateway's ``metricsflow gateway``: ``pyproject.toml``). The
+engine finds them by name and never imports their package itself.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from importlib.metadata import entry_points
 
 import click
+
+#: Entry-point group of the subcommands other packages add to ``metricsflow``.
+COMMAND_GROUP = "metricsflow.commands"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,13 +41,34 @@ def _register() -> None:
     from metricsflow.infra.cli import infra
 
     cli.add_command(infra)
-    from gateway.cli import gateway
-
-    cli.add_command(gateway)
     from metricsflow.worker.cli import checkpoint, savepoint, worker
 
     for command in (worker, savepoint, checkpoint):
         cli.add_command(command)
+    _register_plugins()
+
+
+def _register_plugins() -> None:
+    """Add the commands of the :data:`COMMAND_GROUP` entry points. One that cannot be loaded
+    is reported on stderr and left out: it must not take the engine's commands down."""
+    for entry_point in entry_points(group=COMMAND_GROUP):
+        try:
+            command = entry_point.load()
+        except Exception as exc:
+            click.echo(
+                f"metricsflow: command {entry_point.name!r} ({entry_point.value}) could not be "
+                f"loaded: {exc!r}",
+                err=True,
+            )
+            continue
+        if not isinstance(command, click.Command):
+            click.echo(
+                f"metricsflow: command {entry_point.name!r} ({entry_point.value}) is a "
+                f"{type(command).__name__}, not a click command",
+                err=True,
+            )
+            continue
+        cli.add_command(command, entry_point.name)
 
 
 def main() -> None:

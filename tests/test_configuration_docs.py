@@ -1,6 +1,6 @@
 """docs/configuration.md is generated from the code and documents every setting.
 
-The page must equal ``metricsflow.docs_config.render()``; every settings field and every plain
+The page must equal ``tools/docs_config.py``'s ``render()``; every settings field and every plain
 environment variable the code reads must have a description; the run-environment table's
 defaults must be the ones the modules that read those variables use.
 """
@@ -8,21 +8,24 @@ defaults must be the ones the modules that read those variables use.
 from __future__ import annotations
 
 import re
+import runpy
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydantic_settings import BaseSettings
 
-import gateway.component
-from metricsflow import docs_config
 from metricsflow.cli import cli
+from metricsflow.infra import gateway as infra_gateway
 from metricsflow.infra import settings as infra_settings
 from metricsflow.infra.settings import RUN_ENVIRONMENT
 from metricsflow.worker.settings import DEFAULT_WORKER_PORT, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "configuration.md"
+# A script outside both packages (it needs the gateway's and the engine's settings classes).
+docs_config = SimpleNamespace(**runpy.run_path(str(ROOT / "tools" / "docs_config.py")))
 SETTINGS_CLASSES = [section.settings_class for section in docs_config.SECTIONS]
 
 
@@ -78,10 +81,10 @@ def test_run_environment_defaults_are_the_code_defaults(monkeypatch: pytest.Monk
     assert defaults["METRICSFLOW_INFLUXDB_RPC_PORT"] == str(
         infra_settings.DEFAULT_INFLUXDB_RPC_PORT
     )
-    assert defaults["METRICSFLOW_GATEWAY_PORT"] == str(gateway.component.DEFAULT_GATEWAY_PORT)
-    assert defaults["METRICSFLOW_KAFKA_TOPIC"] == gateway.component.DEFAULT_TOPIC
+    assert defaults["METRICSFLOW_GATEWAY_PORT"] == str(infra_gateway.DEFAULT_GATEWAY_PORT)
+    assert defaults["METRICSFLOW_KAFKA_TOPIC"] == infra_gateway.DEFAULT_TOPIC
     assert defaults["METRICSFLOW_KAFKA_TOPIC"] == WorkerSettings.model_fields["kafka_topic"].default
-    assert defaults["METRICSFLOW_KAFKA_PARTITIONS"] == str(gateway.component.DEFAULT_PARTITIONS)
+    assert defaults["METRICSFLOW_KAFKA_PARTITIONS"] == str(infra_gateway.DEFAULT_PARTITIONS)
     assert defaults["METRICSFLOW_WORKER_PORT"] == str(DEFAULT_WORKER_PORT)
     for name in ("METRICSFLOW_INFRA_DIR", "METRICSFLOW_CACHE_DIR", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from metricsflow.errors import MetricsflowError
-from metricsflow.windows.base import DEFAULT_TIERS, RAW_TIER, TierSpec, validate_tiers
+from metricsflow.model import MetricsflowError
+from metricsflow.model.tiers import DEFAULT_TIERS, RAW_TIER, TierSpec, validate_tiers
 
 #: Response header naming the tier that answered (comma-separated, one per statement).
 TIER_HEADER = "X-Metricsflow-Tier"

@@ -43,7 +43,7 @@ from gateway.query.syntax import (
     WildcardDimension,
     render,
 )
-from metricsflow.windows.base import RAW_TIER, TierSpec, tier_field_name
+from metricsflow.model.tiers import RAW_TIER, TierSpec, tier_field_name
 
 #: Components (partial aggregates) each output aggregate is computed from.
 COMPONENTS: dict[str, tuple[str, ...]] = {

@@ -56,8 +56,8 @@ from gateway.query.rewrite import (
     choose_tier,
 )
 from gateway.query.syntax import Measurement, render_measurement
-from metricsflow.errors import MetricsflowError
-from metricsflow.windows.base import RAW_TIER
+from metricsflow.model import MetricsflowError
+from metricsflow.model.tiers import RAW_TIER
 
 logger = logging.getLogger(__name__)
 

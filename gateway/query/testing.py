@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from metricsflow.windows.base import DEFAULT_TIERS, RAW_TIER, TierSpec
+from metricsflow.model.tiers import DEFAULT_TIERS, RAW_TIER, TierSpec
 
 NS = 1_000_000_000
 MINUTE_NS = 60 * NS

@@ -31,7 +31,7 @@ from gateway.producer import KafkaWriter
 from gateway.remote_write import decode_write_request
 from gateway.responses import V1_HEADERS
 from gateway.settings import GatewaySettings
-from metricsflow.errors import ParseError
+from metricsflow.model import ParseError
 from metricsflow.model.lineprotocol import PRECISION_V1, PRECISION_V2, canonicalize
 
 Parser = Callable[[bytes, int], tuple[list[str], list[str]]]

@@ -1,7 +1,7 @@
 """Settings of the local infrastructure, read from ``METRICSFLOW_*`` environment variables.
 
 :data:`RUN_ENVIRONMENT` lists them, with the other plain environment variables of
-``metricsflow infra`` / ``make run`` (read where they are used: ``gateway/component.py``,
+``metricsflow infra`` / ``make run`` (read where they are used: ``metricsflow/infra/gateway.py``,
 ``metricsflow/worker/component.py``, ``metricsflow/cli.py``, ``metricsflow/infra/kafka.py``);
 docs/configuration.md renders it. All servers bind 127.0.0.1 only.
 """

@@ -61,7 +61,7 @@ INFRA_COMPONENTS: tuple[str, ...] = (
 #: Application components (gateway, worker) add one line each here.
 RUN_COMPONENTS: tuple[str, ...] = (
     *INFRA_COMPONENTS,
-    "gateway.component:gateway_component",
+    "metricsflow.infra.gateway:gateway_component",
     "metricsflow.worker.component:worker_component",
 )
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from metricsflow.model.tiers import DEFAULT_TIERS, TierSpec, validate_tiers
 from metricsflow.runtime.base import Operator
 from metricsflow.runtime.graph import JobGraph
 from metricsflow.runtime.records import RecordBatch
 from metricsflow.sinks.base import Sink, SinkOperator
 from metricsflow.sources.kafka import KafkaSource
-from metricsflow.windows.base import DEFAULT_TIERS, TierSpec, validate_tiers
 from metricsflow.windows.operator import build_cascade
 from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 

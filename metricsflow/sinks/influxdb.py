@@ -1,6 +1,6 @@
 """The InfluxDB sink: raw tier + one retention policy per downsampled tier, v1 write API.
 
-Layout (design.md section 4, ``metricsflow/windows/base.py``): the database is the one the
+Layout (design.md section 4, ``metricsflow/model/tiers.py``): the database is the one the
 write named; inside it one retention policy per tier, named like the tier, ``raw`` being the
 DEFAULT policy. The sink creates a database and its policies on first use (idempotently;
 a policy that exists with another duration is altered), restricted by an optional allow-list.
@@ -58,6 +58,7 @@ from tenacity import (
 )
 
 from metricsflow.errors import ConfigurationError, MetricsflowError
+from metricsflow.model.tiers import DEFAULT_TIERS, RAW_TIER, TierSpec
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch
 from metricsflow.sinks.base import Sink, SinkStats
 from metricsflow.sinks.deadletter import DeadLetterFile, classify_rejection
@@ -75,7 +76,6 @@ from metricsflow.sinks.retention import (
     drop_beyond_retention,
     retention_only_drops,
 )
-from metricsflow.windows.base import DEFAULT_TIERS, RAW_TIER, TierSpec
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from metricsflow.errors import MetricsflowError
-from metricsflow.windows.base import RAW_TIER, TierSpec
+from metricsflow.model.tiers import RAW_TIER, TierSpec
 
 if TYPE_CHECKING:
     from metricsflow.sinks.influxdb import InfluxDBSinkConfig

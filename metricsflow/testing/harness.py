@@ -12,6 +12,7 @@ import numpy as np
 from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.checkpointing.recovery import CheckpointRecovery, RestorePlan
 from metricsflow.checkpointing.storage import FsCheckpointStorage
+from metricsflow.model.tiers import DEFAULT_TIERS, TierSpec
 from metricsflow.runtime.job import Job
 from metricsflow.runtime.records import RecordBatch, window_key
 from metricsflow.runtime.restart import FixedDelayRestartStrategy, run_with_restarts
@@ -19,7 +20,6 @@ from metricsflow.state.config import StateBackendConfig
 from metricsflow.testing import END, CollectedResults, InMemorySource
 from metricsflow.testing.jobs import backend_factory, tier_job_graph
 from metricsflow.testing.sources import InMemoryElement, Marker
-from metricsflow.windows.base import DEFAULT_TIERS, TierSpec
 
 MINUTE_NS = 60 * 1_000_000_000
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from metricsflow.model.tiers import DEFAULT_TIERS, TierSpec
 from metricsflow.runtime.base import Operator
 from metricsflow.runtime.graph import JobGraph, StateBackendFactory
 from metricsflow.runtime.source import Source
@@ -16,7 +17,6 @@ from metricsflow.state.config import StateBackendConfig
 from metricsflow.testing.sinks import CollectedResults, CollectingSink
 from metricsflow.testing.sources import InMemorySource
 from metricsflow.time.base import Clock, ManualClock
-from metricsflow.windows.base import DEFAULT_TIERS, TierSpec
 from metricsflow.windows.operator import build_cascade
 from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 

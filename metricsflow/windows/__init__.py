@@ -1,6 +1,7 @@
-"""Tiers and the tier window operator (tumbling event-time windows over partials)."""
+"""The tier window operator (tumbling event-time windows over partials); the tiers
+themselves are data model (:mod:`metricsflow.model.tiers`), re-exported here."""
 
-from metricsflow.windows.base import (
+from metricsflow.model.tiers import (
     AGGREGATES,
     DEFAULT_TIERS,
     RAW_TIER,

@@ -35,6 +35,7 @@ import numpy as np
 
 from metricsflow.checkpointing.protocol import CheckpointBarrier, CheckpointType
 from metricsflow.errors import ConfigurationError, StateError
+from metricsflow.model.tiers import RAW_TIER, TierSpec, validate_tiers
 from metricsflow.runtime.base import (
     Operator,
     OperatorContext,
@@ -47,7 +48,6 @@ from metricsflow.state.base import KeyedStateBackend, StateDescriptor
 from metricsflow.state.handles import CheckpointStorage
 from metricsflow.state.serializers import INT64, NUMPY_COLUMNS, ColumnarChunk
 from metricsflow.windows import kernels
-from metricsflow.windows.base import RAW_TIER, TierSpec
 from metricsflow.windows.kernels import Chunk, Int32Array, Int64Array
 from metricsflow.windows.keys import KeyDictionary, KeyMapping
 
@@ -459,8 +459,6 @@ def build_cascade(
     within the lateness is always within the coarse tier's lateness too. Uids are
     ``f"{uid_prefix}-{tier.name}"``.
     """
-    from metricsflow.windows.base import validate_tiers
-
     specs = validate_tiers(tuple(tiers))
     operators: list[TierWindowOperator] = []
     previous = 0

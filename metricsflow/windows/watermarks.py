@@ -40,6 +40,7 @@ import numpy as np
 
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.errors import ConfigurationError, SerializationError
+from metricsflow.model.durations import parse_duration_ns
 from metricsflow.runtime.base import (
     Operator,
     OperatorContext,
@@ -51,7 +52,6 @@ from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBat
 from metricsflow.runtime.source import WatermarkStatus
 from metricsflow.state.handles import OperatorStateHandle
 from metricsflow.time.base import Clock, SystemClock
-from metricsflow.time.durations import parse_duration_ns
 
 logger = logging.getLogger(__name__)
 

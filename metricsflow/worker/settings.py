@@ -3,7 +3,7 @@
 Precedence (highest first): command-line options, ``METRICSFLOW_*`` environment variables,
 the TOML file given with ``--config`` (or ``METRICSFLOW_CONFIG_FILE``), the defaults below.
 Every field is documented in docs/configuration.md, generated from the descriptions below
-(``python -m metricsflow.docs_config > docs/configuration.md``).
+(``python tools/docs_config.py > docs/configuration.md``).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from metricsflow.checkpointing.protocol import CheckpointingMode
 from metricsflow.errors import ConfigurationError
 from metricsflow.job.graph import DownsamplingJobConfig
 from metricsflow.job.runner import RunnerConfig
+from metricsflow.model.durations import parse_duration_ns
+from metricsflow.model.tiers import RAW_TIER, TierSpec, validate_tiers
 from metricsflow.sinks.influxdb import InfluxDBSinkConfig
 from metricsflow.sources.kafka import KafkaSourceConfig
 from metricsflow.state.config import StateBackendConfig
-from metricsflow.time.durations import parse_duration_ns
-from metricsflow.windows.base import RAW_TIER, TierSpec, validate_tiers
 
 DEFAULT_WORKER_PORT = 8190
 

@@ -14,10 +14,10 @@ from metricsflow.checkpointing.metadata import metadata_path
 from metricsflow.checkpointing.recovery import CheckpointRecovery
 from metricsflow.checkpointing.savepoints import savepoint_restore_plan
 from metricsflow.errors import CheckpointError
+from metricsflow.model.tiers import DEFAULT_TIERS, TierSpec
 from metricsflow.testing import CollectedResults, InMemorySource
 from metricsflow.testing.harness import MINUTE_NS, JobRunner, metric_batches
 from metricsflow.testing.sources import decode_position
-from metricsflow.windows.base import DEFAULT_TIERS, TierSpec
 
 MANUAL = CheckpointConfig(interval_ms=0, num_retained=3)
 WAIT_S = 10.0  # bound on an awaited event that must happen; never a measured delay

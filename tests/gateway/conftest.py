@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from gateway.server import GatewayConfig, GatewayServer
+from metricsflow.infra.gateway import GatewayConfig, GatewayServer
 from metricsflow.infra.kafka import KafkaServer
 from metricsflow.infra.process import free_port
 from metricsflow.model.message import decode_points, read_headers

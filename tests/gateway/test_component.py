@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.component import gateway_environment
+from metricsflow.infra.gateway import gateway_environment
 
 
 def test_user_gateway_settings_pass_through_but_make_run_keeps_the_addresses_it_decided() -> None:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from metricsflow.infra.influxdb import InfluxDBServer
+from metricsflow.model.tiers import DEFAULT_TIERS, TierSpec
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, window_key
 from metricsflow.sinks.deadletter import read_dead_letters
 from metricsflow.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig, ensure_database
-from metricsflow.windows.base import DEFAULT_TIERS, TierSpec
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,12 @@
-"""The gateway as a ``make run`` component (see :mod:`metricsflow.infra.stack`).
+"""The gateway as a managed process, and as a ``make run`` component.
+
+:class:`GatewayServer` runs ``python -m gateway`` (for ``make run``, tests and benchmarks):
+it follows :class:`metricsflow.infra.base.ManagedServer` (own process group, PID file in its
+data dir, a real health check ``GET /health`` -> 200, i.e. Kafka reachable, stopped by PID).
+It starts the gateway by its module path and configures it through ``GATEWAY_*`` variables
+only: the engine side never imports the ``gateway`` package (docs/architecture.md).
+
+:func:`gateway_component` is the ``make run`` component (see :mod:`metricsflow.infra.stack`).
 
 Ports and names come from ``METRICSFLOW_*`` environment variables (``make run`` is the
 ``metricsflow`` CLI): ``METRICSFLOW_GATEWAY_PORT`` (default 8186, Telegraf's
@@ -16,14 +24,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from gateway.server import GatewayConfig, GatewayServer
 from metricsflow.errors import ConfigurationError, InfrastructureError
 from metricsflow.infra.base import ManagedServer
+from metricsflow.infra.process import PackageHttpServer
 from metricsflow.infra.settings import InfraSettings
 
 logger = logging.getLogger(__name__)
@@ -31,6 +42,44 @@ logger = logging.getLogger(__name__)
 DEFAULT_GATEWAY_PORT = 8186
 DEFAULT_TOPIC = "metrics"
 DEFAULT_PARTITIONS = 6
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    data_dir: Path
+    port: int
+    bootstrap_servers: str
+    topic: str
+    host: str = "127.0.0.1"
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra ``GATEWAY_*`` settings."""
+
+
+class GatewayServer(PackageHttpServer):
+    name = "gateway"
+    start_timeout_s = 30.0
+    stop_timeout_s = 10.0
+
+    def __init__(self, config: GatewayConfig) -> None:
+        super().__init__(config.data_dir, config.host, config.port)
+        self.config = config
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gateway"]
+
+    def environment(self) -> dict[str, str]:
+        c = self.config
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env.update(
+            GATEWAY_HOST=c.host,
+            GATEWAY_PORT=str(c.port),
+            GATEWAY_WORKERS=str(c.workers),
+            GATEWAY_BOOTSTRAP_SERVERS=c.bootstrap_servers,
+            GATEWAY_TOPIC=c.topic,
+        )
+        env.update(c.env)
+        return env
 
 
 def _int_env(name: str, default: int) -> int:

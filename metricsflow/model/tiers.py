@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from metricsflow.errors import ConfigurationError
-from metricsflow.time.durations import parse_duration_ns
+from metricsflow.model.durations import parse_duration_ns
 
 #: Aggregates written for every numeric field of a tier point, in this order.
 AGGREGATES: tuple[str, ...] = ("count", "sum", "min", "max", "mean", "first", "last")

@@ -1,7 +1,11 @@
 """Render docs/configuration.md from the settings classes: the page cannot drift from the code.
 
-``python -m metricsflow.docs_config > docs/configuration.md`` regenerates it;
+``python tools/docs_config.py > docs/configuration.md`` regenerates it;
 tests/test_configuration_docs.py fails when the committed page differs from :func:`render`.
+
+A tool outside both packages: it is the one place that needs the gateway's settings classes
+and the engine's side by side, and neither ``metricsflow`` nor ``gateway`` may import the
+other (docs/architecture.md, "The gateway and the engine").
 
 One table per settings class (``GatewaySettings``, ``QuerySettings``, ``WorkerSettings``), built
 from the fields: the variable is the class's ``env_prefix`` + the field name upper-cased, the
@@ -28,7 +32,7 @@ from gateway.settings import GatewaySettings
 from metricsflow.infra.settings import RUN_ENVIRONMENT
 from metricsflow.worker.settings import WorkerSettings
 
-REGENERATE = "python -m metricsflow.docs_config > docs/configuration.md"
+REGENERATE = "python tools/docs_config.py > docs/configuration.md"
 
 
 @dataclass(frozen=True)
