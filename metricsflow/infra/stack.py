@@ -152,13 +152,90 @@ def _raise_shutdown(signum: int, frame: types.FrameType | None) -> None:
     raise _Shutdown(signum)
 
 
+class Supervisor:
+    """Restarts the components that die, with exponential back-off (Erlang/systemd style).
+
+    :meth:`check` is called periodically with the monotonic time: a component found not
+    running is logged (with its log tail) and restarted after ``initial_backoff_s``, doubling
+    per consecutive failure up to ``max_backoff_s``; a component that stayed up for
+    ``stable_after_s`` since its last restart starts again at ``initial_backoff_s``. A restart
+    that fails is logged and retried after the next back-off; the supervisor never gives up
+    (the other components keep serving meanwhile)."""
+
+    def __init__(
+        self,
+        servers: Sequence[ManagedServer],
+        *,
+        initial_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        stable_after_s: float = 60.0,
+    ) -> None:
+        self.servers = list(servers)
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.stable_after_s = stable_after_s
+        self._failures: dict[str, int] = {}
+        self._restart_at: dict[str, float] = {}
+        self._up_since: dict[str, float] = {}
+        self.restarts: dict[str, int] = {}
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(self.max_backoff_s, self.initial_backoff_s * 2 ** (failures - 1)))
+
+    def check(self, now: float) -> None:
+        for server in self.servers:
+            name = server.name
+            due = self._restart_at.get(name)
+            if due is None:
+                if server.is_running():
+                    up = self._up_since.setdefault(name, now)
+                    if now - up >= self.stable_after_s:
+                        self._failures.pop(name, None)
+                    continue
+                failures = self._failures.get(name, 0) + 1
+                self._failures[name] = failures
+                delay = self._backoff(failures)
+                self._restart_at[name] = now + delay
+                self._up_since.pop(name, None)
+                logger.error(
+                    "component exited name=%s restart_in_s=%.1f consecutive_failures=%d "
+                    "log_tail=\n%s",
+                    name,
+                    delay,
+                    failures,
+                    server.log_tail(30),
+                )
+            elif now >= due:
+                del self._restart_at[name]
+                self._restart(server, now)
+
+    def _restart(self, server: ManagedServer, now: float) -> None:
+        name = server.name
+        attempt = self.restarts.get(name, 0) + 1
+        self.restarts[name] = attempt
+        logger.warning("restarting component name=%s restart=%d", name, attempt)
+        try:
+            server.start()
+        except Exception as exc:
+            failures = self._failures.get(name, 0) + 1
+            self._failures[name] = failures
+            delay = self._backoff(failures)
+            self._restart_at[name] = now + delay
+            logger.error(
+                "component restart failed name=%s error=%s restart_in_s=%.1f", name, exc, delay
+            )
+            return
+        self._up_since[name] = now
+        logger.warning("component restarted name=%s address=%s", name, server.address)
+
+
 def run_foreground(
     servers: Sequence[ManagedServer], *, out: IO[str] | None = None, poll_s: float = 0.5
 ) -> int:
     """Start ``servers``, print the ready line, and supervise until SIGINT/SIGTERM; then stop
-    everything this call started (in reverse order). A component that dies on its own ends the
-    run with exit code 1 (after stopping the rest). SIGHUP counts as SIGTERM. Returns the exit
-    code."""
+    everything this call started (in reverse order). A component that dies on its own is
+    restarted with back-off by a :class:`Supervisor` (and says so in the log) rather than
+    ending the run. SIGHUP counts as SIGTERM. Returns the exit code."""
     out = out or sys.stdout
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.getsignal(sig) for sig in handled}
@@ -173,19 +250,13 @@ def run_foreground(
                 started.append(server)
             server.start()
         print(ready_line(servers), file=out, flush=True)
+        supervisor = Supervisor(started)
         while True:
             time.sleep(poll_s)
             if parent_make_interrupted():
                 logger.info("shutting down: parent make was interrupted")
                 break
-            for server in started:
-                if not server.is_running():
-                    logger.error(
-                        "component exited name=%s log_tail=\n%s", server.name, server.log_tail(30)
-                    )
-                    code = 1
-            if code:
-                break
+            supervisor.check(time.monotonic())
     except _Shutdown as shutdown:
         logger.info("shutting down signal=%s", signal.Signals(shutdown.signum).name)
     finally:
