@@ -69,7 +69,7 @@ def build_graph(
     source: KafkaSource,
     sink: Sink,
     *,
-    on_late: Callable[[RecordBatch], None] | None = None,
+    on_late: Callable[[RecordBatch, int], None] | None = None,
     key_groups: Sequence[int] = (),
 ) -> JobGraph:
     """The job graph; key groups are assigned at runtime by the Kafka group protocol."""

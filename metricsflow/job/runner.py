@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.checkpointing.coordinator import CompletedCheckpoint
 from metricsflow.checkpointing.storage import FsCheckpointStorage
@@ -40,14 +38,14 @@ from metricsflow.job.lock import WorkerIdLock
 from metricsflow.job.recovery import ClusterRecovery
 from metricsflow.model.partition import partition_for
 from metricsflow.runtime.job import Job
-from metricsflow.runtime.records import RecordBatch, split_window_key
+from metricsflow.runtime.records import split_window_key
 from metricsflow.runtime.restart import (
     FailureRateRestartStrategy,
     FixedDelayRestartStrategy,
     NoRestartStrategy,
     RestartStrategy,
 )
-from metricsflow.sinks.deadletter import RotatingJsonlFile
+from metricsflow.sinks.deadletter import LatePointsFile
 from metricsflow.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from metricsflow.sources.kafka import KafkaSource, KafkaSourceConfig
 from metricsflow.state.config import StateBackendConfig
@@ -95,36 +93,6 @@ class RunnerConfig:
         )
 
 
-class LatePointsFile:
-    """Points beyond the allowed lateness (they are in the raw tier, not in the tiers):
-    ``<dir>/late-<pid>.jsonl``, one ``{"key", "ts_ns", "value"}`` object per point, rotated
-    by size like the dead-letter file (:class:`~metricsflow.sinks.deadletter.RotatingJsonlFile`)."""
-
-    def __init__(self, directory: Path, *, max_bytes: int = 64 << 20, max_files: int = 8) -> None:
-        self.file = RotatingJsonlFile(
-            directory, "late", max_bytes=max_bytes, max_files=max_files, fsync=False
-        )
-        self.path = self.file.path
-        self.directory = directory
-        self.points = 0
-
-    def write(self, batch: RecordBatch) -> None:
-        rows = [
-            orjson.dumps({"key": batch.keys[k], "ts_ns": t, "value": v}) + b"\n"
-            for k, t, v in zip(
-                batch.key_idx.tolist(), batch.ts_ns.tolist(), batch.values.tolist(), strict=True
-            )
-        ]
-        self.file.append(b"".join(rows))
-        self.points += len(rows)
-        logger.warning(
-            "late points beyond allowed lateness key_group=%d points=%d file=%s",
-            batch.key_group,
-            len(rows),
-            self.path,
-        )
-
-
 class DownsamplingRunner:
     """One worker's job (module docstring). ``await run()`` until stopped or failed."""
 
@@ -133,6 +101,7 @@ class DownsamplingRunner:
         self.source = KafkaSource(SOURCE_UID, config.source)
         self.late = LatePointsFile(
             config.late_dir,
+            scope=config.source.topic,
             max_bytes=config.sink.dead_letter_max_bytes,
             max_files=config.sink.dead_letter_max_files,
         )

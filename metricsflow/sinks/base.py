@@ -25,15 +25,22 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from metricsflow.checkpointing.protocol import CheckpointBarrier
-from metricsflow.runtime.base import Operator, OperatorSnapshot, Output
+from metricsflow.errors import SerializationError
+from metricsflow.runtime.base import (
+    Operator,
+    OperatorSnapshot,
+    Output,
+    StateInitializationContext,
+)
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
 from metricsflow.state.base import AsyncSnapshot
-from metricsflow.state.handles import KeyGroupStateHandle
+from metricsflow.state.handles import KeyGroupStateHandle, OperatorStateHandle
 
 
 @dataclass
@@ -121,6 +128,20 @@ class Sink(abc.ABC):
         """Stop; with ``flush`` first write what is buffered, else abandon it."""
 
 
+LATE_SEQ_VERSION = 1
+_LATE_SEQ = struct.Struct(">Bq")
+
+
+def decode_late_seq(data: bytes) -> int:
+    """The sink's operator state: one version byte, then a big-endian int64 count."""
+    if len(data) != _LATE_SEQ.size or data[0] != LATE_SEQ_VERSION:
+        raise SerializationError(
+            f"unknown sink state format (version byte {data[:1]!r}, {len(data)} bytes; this "
+            f"version reads version {LATE_SEQ_VERSION})"
+        )
+    return int(_LATE_SEQ.unpack(data)[1])
+
+
 class _FlushSnapshot(AsyncSnapshot):
     """The asynchronous part of the sink's snapshot: wait until the output that preceded the
     barrier is acknowledged by the external system. Holds no state (no handles)."""
@@ -138,12 +159,17 @@ class _FlushSnapshot(AsyncSnapshot):
 class SinkOperator(Operator):
     """The last operator of a job: hands every element to a :class:`Sink`.
 
-    Stateless. ``snapshot_state`` seals the sink's buffers (synchronous, cheap) and returns an
+    ``snapshot_state`` seals the sink's buffers (synchronous, cheap) and returns an
     asynchronous part that waits until they are acknowledged, so the acknowledgement of
     checkpoint *n* implies that all output before barrier *n* is durable in the external
     system, without blocking the event loop while InfluxDB answers. Points beyond the allowed
     lateness arrive as side output ``"late"``: counted in :attr:`late_points` and handed to
     ``on_late`` (the job writes them to the late-points file); the raw tier has them anyway.
+
+    Its only state, per key group, is the number of late points emitted so far (operator
+    state, checkpointed): ``on_late(batch, first_seq)`` numbers them, so that a replay after a
+    restore hands over the same numbers again and the late-points file can skip what it has
+    already written.
     """
 
     def __init__(
@@ -152,13 +178,34 @@ class SinkOperator(Operator):
         sink: Sink,
         *,
         flush_timeout_s: float | None = None,
-        on_late: Callable[[RecordBatch], None] | None = None,
+        on_late: Callable[[RecordBatch, int], None] | None = None,
     ) -> None:
         super().__init__(uid)
         self.sink = sink
         self.flush_timeout_s = flush_timeout_s
         self.on_late = on_late
         self.late_points = 0
+        self.late_seq: dict[int, int] = {}
+        """Late points emitted so far, per key group (checkpointed)."""
+
+    def initialize_state(self, ctx: StateInitializationContext) -> None:
+        self._restore_late_seq(ctx.operator)
+
+    def on_key_groups_assigned(
+        self, key_groups: frozenset[int], ctx: StateInitializationContext
+    ) -> None:
+        for kg in key_groups:
+            self.late_seq[kg] = 0
+        self._restore_late_seq(ctx.operator)
+
+    def on_key_groups_revoked(self, key_groups: frozenset[int]) -> None:
+        for kg in key_groups:
+            self.late_seq.pop(kg, None)
+
+    def _restore_late_seq(self, handles: Sequence[OperatorStateHandle]) -> None:
+        for handle in handles:
+            if handle.uid == self.uid:
+                self.late_seq[handle.key_group] = decode_late_seq(handle.data)
 
     def open(self) -> None:
         self.sink.open()
@@ -186,13 +233,19 @@ class SinkOperator(Operator):
     def process_side_output(self, tag: str, element: RecordBatch) -> None:
         if tag == "late":
             self.late_points += len(element)
+            first = self.late_seq.get(element.key_group, 0)
+            self.late_seq[element.key_group] = first + len(element)
             if self.on_late is not None:
-                self.on_late(element)
+                self.on_late(element, first)
 
     def snapshot_state(self, barrier: CheckpointBarrier) -> OperatorSnapshot:
         marker = self.sink.flush_marker()
+        counters = tuple(
+            OperatorStateHandle(self.uid, kg, _LATE_SEQ.pack(LATE_SEQ_VERSION, seq))
+            for kg, seq in sorted(self.late_seq.items())
+        )
         return OperatorSnapshot(
-            keyed=_FlushSnapshot(self.sink, marker, self.flush_timeout_s), operator=()
+            keyed=_FlushSnapshot(self.sink, marker, self.flush_timeout_s), operator=counters
         )
 
     def finish(self, output: Output) -> None:

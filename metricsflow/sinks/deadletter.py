@@ -29,6 +29,7 @@ from pathlib import Path
 import orjson
 
 from metricsflow.errors import ConfigurationError
+from metricsflow.runtime.records import RecordBatch
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,88 @@ class DeadLetterFile:
             status,
             len(lines),
             error[:300],
+            self.path,
+        )
+
+
+class LatePointsFile:
+    """Points beyond the allowed lateness (they are in the raw tier, not in the tiers):
+    ``<dir>/late-<pid>.jsonl``, one ``{"key", "ts_ns", "value", "kg", "seq"}`` object per
+    point, rotated by size like the dead-letter file.
+
+    A replay does not append the same points again: the sink operator numbers the late points
+    of each key group (``seq``, checkpointed with the job), so a replay from a checkpoint hands
+    over the same numbers; the file keeps a high-water mark per ``<scope>/<key group>`` in
+    ``<dir>/late-hwm.json`` and skips numbers below it. (A key group started from nothing
+    again — a new checkpoint directory — would count from 0: delete ``late-hwm.json`` then.)
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        scope: str = "",
+        max_bytes: int = 64 << 20,
+        max_files: int = 8,
+    ) -> None:
+        self.file = RotatingJsonlFile(
+            directory, "late", max_bytes=max_bytes, max_files=max_files, fsync=False
+        )
+        self.path = self.file.path
+        self.directory = directory
+        self.scope = scope
+        self.points = 0
+        self.skipped = 0
+        self._hwm_path = directory / "late-hwm.json"
+        self._lock = threading.Lock()
+        try:
+            loaded = orjson.loads(self._hwm_path.read_bytes())
+            self._hwm: dict[str, int] = {
+                str(k): int(v) for k, v in loaded.items() if isinstance(v, int)
+            }
+        except (FileNotFoundError, orjson.JSONDecodeError, AttributeError):
+            self._hwm = {}
+
+    def write(self, batch: RecordBatch, first_seq: int = 0) -> None:
+        name = f"{self.scope}/{batch.key_group}"
+        with self._lock:
+            start = max(0, self._hwm.get(name, 0) - first_seq)
+            rows = [
+                orjson.dumps(
+                    {
+                        "key": batch.keys[k],
+                        "ts_ns": t,
+                        "value": v,
+                        "kg": batch.key_group,
+                        "seq": first_seq + i,
+                    }
+                )
+                + b"\n"
+                for i, (k, t, v) in enumerate(
+                    zip(
+                        batch.key_idx.tolist(),
+                        batch.ts_ns.tolist(),
+                        batch.values.tolist(),
+                        strict=True,
+                    )
+                )
+                if i >= start
+            ]
+            self.skipped += min(start, len(batch))
+            if not rows:
+                return
+            self.file.append(b"".join(rows))
+            self._hwm[name] = first_seq + len(batch)
+            tmp = self._hwm_path.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(self._hwm))
+            os.replace(tmp, self._hwm_path)
+            self.points += len(rows)
+        logger.warning(
+            "late points beyond allowed lateness key_group=%d points=%d replayed_skipped=%d "
+            "file=%s",
+            batch.key_group,
+            len(rows),
+            start,
             self.path,
         )
 
