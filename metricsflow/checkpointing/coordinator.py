@@ -25,7 +25,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -205,6 +205,12 @@ class CheckpointCoordinator:
     def next_checkpoint_id(self) -> int:
         return self._next_id
 
+    def continue_checkpoint_ids_after(self, checkpoint_id: int) -> None:
+        """Number the next checkpoint after ``checkpoint_id`` (the newest id found in storage or
+        in the restored state), so that ids stay unique and monotonic across restores; the
+        counter never goes backwards (Flink's ``CheckpointIDCounter.setCount``)."""
+        self._next_id = max(self._next_id, checkpoint_id + 1)
+
     def add_restored_checkpoint(self, completed: CompletedCheckpoint) -> None:
         """Adopt a checkpoint of this storage found at start (recovery): it is retained and
         its shared files registered, so that retention and refcounts continue correctly."""
@@ -213,7 +219,7 @@ class CheckpointCoordinator:
         self.shared_registry.register(completed.checkpoint_id, completed.metadata.shared_handles())
         self.completed_checkpoints.append(completed)
         self.completed_checkpoints.sort(key=lambda c: c.checkpoint_id)
-        self._next_id = max(self._next_id, completed.checkpoint_id + 1)
+        self.continue_checkpoint_ids_after(completed.checkpoint_id)
         self._trim_retained()
 
     def start(self) -> None:
@@ -599,6 +605,3 @@ def max_checkpoint_id_in(storage: CheckpointStorage) -> int:
         if name.startswith("chk-") and name[4:].isdigit():
             best = max(best, int(name[4:]))
     return best
-
-
-SavepointStorageFactory = Callable[[str], CheckpointStorage]

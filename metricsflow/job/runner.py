@@ -23,6 +23,7 @@ restart it with its own back-off.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import Any
 from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.checkpointing.coordinator import CompletedCheckpoint
 from metricsflow.checkpointing.storage import FsCheckpointStorage
-from metricsflow.errors import ConfigurationError
+from metricsflow.errors import ConfigurationError, MetricsflowError
 from metricsflow.job.graph import SOURCE_UID, DownsamplingJobConfig, build_graph
 from metricsflow.job.lock import WorkerIdLock
 from metricsflow.job.recovery import ClusterRecovery
@@ -52,6 +53,50 @@ from metricsflow.state.config import StateBackendConfig
 from metricsflow.windows.operator import TierWindowOperator
 
 logger = logging.getLogger(__name__)
+
+
+class JobStatus(enum.StrEnum):
+    """The state of a worker's job, as the runner drives it (Flink's ``JobStatus``, with the
+    states this runner has). A ``str`` enum: it is reported by name (``/health``, ``/jobs``).
+
+    ``CREATED`` -> ``RUNNING`` -> ``FINISHED`` (bounded input ended) | ``STOPPED`` (stopped
+    with a savepoint) | ``FAILED`` (the restart strategy gave up, or the runner was
+    cancelled) | ``RESTARTING`` (waiting the strategy's delay) -> ``RUNNING`` again.
+    ``FINISHED``, ``STOPPED`` and ``FAILED`` are terminal.
+    """
+
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    RESTARTING = "RESTARTING"
+    FINISHED = "FINISHED"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return not JOB_STATUS_TRANSITIONS[self]
+
+
+#: Every allowed change of :class:`JobStatus`; anything else is a bug in the runner.
+JOB_STATUS_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.CREATED: frozenset({JobStatus.RUNNING, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.FAILED, JobStatus.RESTARTING}
+    ),
+    JobStatus.RESTARTING: frozenset({JobStatus.RUNNING, JobStatus.FAILED}),
+    JobStatus.FINISHED: frozenset(),
+    JobStatus.STOPPED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+}
+
+
+class JobStatusTransitionError(MetricsflowError):
+    """The runner tried a change of :class:`JobStatus` that the state machine does not allow."""
+
+    def __init__(self, current: JobStatus, target: JobStatus) -> None:
+        super().__init__(f"job status cannot go from {current.value} to {target.value}")
+        self.current = current
+        self.target = target
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +167,23 @@ class DownsamplingRunner:
         self.sink = InfluxDBSink(config.sink)
         self.job = self._build_job()
         self.started_ns = time.time_ns()
-        self.state = "CREATED"
+        self._state = JobStatus.CREATED
         self._stopping = False
         self._job_running = False
         self._lock = asyncio.Lock()
+
+    @property
+    def state(self) -> JobStatus:
+        return self._state
+
+    def _transition_to(self, target: JobStatus) -> None:
+        """Move the state machine to ``target`` (staying put is allowed)."""
+        if target is self._state:
+            return
+        if target not in JOB_STATUS_TRANSITIONS[self._state]:
+            raise JobStatusTransitionError(self._state, target)
+        logger.info("job status %s -> %s", self._state.value, target.value)
+        self._state = target
 
     def _build_job(self) -> Job:
         """A job around ``self.sink`` (a new one after a failure: the old one is closed)."""
@@ -159,10 +217,11 @@ class DownsamplingRunner:
             while True:
                 self.sink.open()
                 job_task = asyncio.create_task(self.job.run(), name="job")
-                while self.job._sink_task is None and not job_task.done():  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
+                ready = asyncio.ensure_future(self.job.wait_until_ready())
+                await asyncio.wait([ready, job_task], return_when=asyncio.FIRST_COMPLETED)
+                ready.cancel()
                 self._job_running = not job_task.done()
-                self.state = "RUNNING"
+                self._transition_to(JobStatus.RUNNING)
                 try:
                     if not source_started and not job_task.done():
                         await self.source.start(self)
@@ -170,23 +229,25 @@ class DownsamplingRunner:
                     elif not job_task.done():
                         await self._assign_owned_key_groups()
                     await job_task
-                    if self.state == "RUNNING":
-                        self.state = "FINISHED"
+                    if self._state is JobStatus.RUNNING:
+                        self._transition_to(JobStatus.FINISHED)
                     return
                 except Exception as exc:
                     self._job_running = False
                     if not job_task.done():
                         self.job.cancel()
                         await asyncio.gather(job_task, return_exceptions=True)
+                    if self._state is JobStatus.STOPPED:
+                        raise  # stopped with a savepoint: nothing to restart
                     if self._stopping or not self.restart_strategy.can_restart(time.monotonic()):
-                        self.state = "FAILED"
+                        self._transition_to(JobStatus.FAILED)
                         logger.error(
                             "job failed, not restarting restarts=%d error=%r", self.restarts, exc
                         )
                         raise
                     self.restarts += 1
                     self.last_failure = repr(exc)
-                    self.state = "RESTARTING"
+                    self._transition_to(JobStatus.RESTARTING)
                     delay = self.restart_strategy.delay_s
                     logger.warning(
                         "job failed, restarting in-process restart=%d delay_s=%.1f error=%r",
@@ -198,7 +259,8 @@ class DownsamplingRunner:
                     async with self._lock:
                         self._replace_job()
         except BaseException:
-            self.state = "FAILED" if self.state != "STOPPED" else self.state
+            if not self._state.is_terminal:
+                self._transition_to(JobStatus.FAILED)
             raise
         finally:
             self._stopping = True
@@ -223,7 +285,7 @@ class DownsamplingRunner:
     async def stop_with_savepoint(self) -> CompletedCheckpoint:
         """Take a savepoint, then stop the job (``run`` returns)."""
         savepoint = await self.job.stop_with_savepoint()
-        self.state = "STOPPED"
+        self._transition_to(JobStatus.STOPPED)
         return savepoint
 
     def cancel(self) -> None:
@@ -270,11 +332,7 @@ class DownsamplingRunner:
 
     # ------------------------------------------------------------------ introspection
     def partition_count(self) -> int | None:
-        consumer = self.source._consumer
-        if consumer is None:
-            return None
-        parts = consumer.partitions_for_topic(self.config.source.topic)
-        return len(parts) if parts else None
+        return self.source.partition_count()
 
     def window_operators(self, key_group: int) -> list[TierWindowOperator]:
         task = self.job.source_task(key_group)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from metricsflow.checkpointing.base import CheckpointFailureReason
@@ -97,6 +97,7 @@ class Job:
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._gate = InputGate()
         self._sink_task: SinkTask | None = None
+        self._sink_ready = asyncio.Event()
         self._failure: asyncio.Future[BaseException] | None = None
         self._cancelled: asyncio.Event | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -146,6 +147,12 @@ class Job:
 
     def source_task(self, key_group: int) -> SourceTask:
         return self._sources[key_group]
+
+    async def wait_until_ready(self) -> None:
+        """Return once ``run`` has set up the sink task: from then on the job takes key groups
+        (:meth:`assign_key_groups`). Never returns if ``run`` fails before that point; wait
+        for it together with the task that runs the job."""
+        await self._sink_ready.wait()
 
     async def trigger_checkpoint(self) -> CompletedCheckpoint:
         return await self.coordinator.trigger_checkpoint()
@@ -314,8 +321,9 @@ class Job:
         self._cancelled = asyncio.Event()
         self._pool = ThreadPoolExecutor(self._async_threads, thread_name_prefix="snapshot")
         self._check_claimed(self.restore_plan)
-        start_id = max(max_checkpoint_id_in(self.storage), self.restore_plan.max_checkpoint_id) + 1
-        self.coordinator._next_id = max(self.coordinator.next_checkpoint_id, start_id)
+        self.coordinator.continue_checkpoint_ids_after(
+            max(max_checkpoint_id_in(self.storage), self.restore_plan.max_checkpoint_id)
+        )
         self._adopt_restored_checkpoints()
         self._env = TaskEnvironment(
             mode=self.config.mode,
@@ -371,6 +379,7 @@ class Job:
         sink.open()
         assert self._env is not None
         self._sink_task = SinkTask(self._env, sink, self._gate)
+        self._sink_ready.set()
 
     async def _shutdown(self, sink_runner: asyncio.Task[None] | None) -> None:
         self._running = False
@@ -400,6 +409,3 @@ class Job:
         if cancelled and not self.config.retain_on_cancellation:
             self.coordinator.discard_all_retained()
             await self.coordinator.shutdown()
-
-
-JobFactory = Callable[[RestorePlan | None], Job]

@@ -1,7 +1,7 @@
 """The Kafka source: one consumer group for all workers, one reader per assigned partition.
 
-* **A partition is a key group** (design.md section 2): reader ``k`` reads partition ``k`` of
-  the topic; its position (next offset) is checkpointed operator state
+* **A partition is a key group** (docs/architecture.md, "Key groups"): reader ``k`` reads
+  partition ``k`` of the topic; its position (next offset) is checkpointed operator state
   (:func:`~metricsflow.sources.base.encode_offset`).
 * **Assignment comes from Kafka's group protocol.** The consumer subscribes with a
   rebalance listener that forwards ownership changes to the job's
@@ -177,6 +177,15 @@ class KafkaSource(Source):
             pass
         finally:
             await admin.close()
+
+    def partition_count(self) -> int | None:
+        """Partitions of the topic as the consumer's metadata knows them; ``None`` before the
+        source is started or while the consumer has no metadata for the topic."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        parts = consumer.partitions_for_topic(self.config.topic)
+        return len(parts) if parts else None
 
     @property
     def consumer(self) -> AIOKafkaConsumer:

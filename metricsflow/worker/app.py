@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from metricsflow.checkpointing.coordinator import CompletedCheckpoint
-from metricsflow.job.runner import DownsamplingRunner
+from metricsflow.job.runner import DownsamplingRunner, JobStatus
 from metricsflow.worker.metrics import WorkerCollector
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        ok = runner.state == "RUNNING"
+        ok = runner.state is JobStatus.RUNNING
         body = {
             "status": "ok" if ok else "unavailable",
             "job_state": runner.state,
