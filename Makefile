@@ -1,4 +1,4 @@
-# metricsflow — the command contract (docs: README.md, design.md §7):
+# metricsflow — the command contract (docs: README.md, "Two commands"):
 #   make test    install everything needed (.venv, Kafka jars, InfluxDB), lint, typecheck, pytest
 #   make run     start Kafka, InfluxDB (and the gateway/worker once registered) in the foreground
 #   make bench   run every bench/bench_*.py (each prints a table, writes bench/results/*.json)

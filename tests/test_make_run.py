@@ -1,4 +1,4 @@
-"""``make run`` (design.md section 7): the whole stack on loopback, in the foreground.
+"""``make run`` (README.md, "Two commands"): the whole stack on loopback, in the foreground.
 
 Starts ``make run`` as a user would, on free ports, waits for the ready line, checks each
 address with a real client (a Kafka producer, InfluxDB's ``/ping``, a line-protocol write

@@ -58,10 +58,6 @@ class FsCheckpointStorage(CheckpointStorage):
     def __repr__(self) -> str:
         return f"FsCheckpointStorage({self.root_url!r})"
 
-    @property
-    def is_local(self) -> bool:
-        return self._local
-
     def _full(self, relative_path: str) -> str:
         rel = _clean_relative(relative_path)
         if self._local:

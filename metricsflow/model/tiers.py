@@ -2,9 +2,9 @@
 
 A tier is a tumbling event-time window size aligned to the epoch, ``[start, start + size)``,
 with its own retention. ``raw`` is the tier of the points themselves. Each coarser tier is
-computed from the partial aggregates of the next finer one, in state (design.md section 4).
+computed from the partial aggregates of the next finer one, in state (docs/windows.md).
 
-InfluxDB layout (design.md section 4): the database is the one the write named; inside it one
+InfluxDB layout (docs/influxdb-layout.md): the database is the one the write named; inside it one
 retention policy per tier, named like the tier (``raw`` is the database's DEFAULT policy);
 measurement and tags are kept; a tier point's timestamp is its window start; its fields are
 named the way InfluxDB's continuous queries name them: ``<aggregate>_<field>``.

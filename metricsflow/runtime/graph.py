@@ -149,9 +149,6 @@ class InputGate:
         self._blocked.clear()
         self._data.set()
 
-    def is_blocked(self, key_group: int) -> bool:
-        return key_group in self._blocked
-
     async def next(self) -> tuple[int, ChannelElement]:
         """The next element of any unblocked channel, round-robin between channels."""
         while True:

@@ -1,9 +1,9 @@
 """What flows through the job graph: columnar micro-batches, watermarks, barriers (in band).
 
-Data moves in micro-batches (design.md, section 8): one ``RecordBatch`` holds the points one
-source read from one partition (a key group) in one go, as NumPy columns. Watermarks and
-checkpoint barriers are separate stream elements *between* batches, never inside one, so they
-keep their per-record meaning while the operators work per batch.
+Data moves in micro-batches (docs/architecture.md, "Micro-batches"): one ``RecordBatch`` holds
+the points one source read from one partition (a key group) in one go, as NumPy columns.
+Watermarks and checkpoint barriers are separate stream elements *between* batches, never inside
+one, so they keep their per-record meaning while the operators work per batch.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The InfluxDB sink: raw tier + one retention policy per downsampled tier, v1 write API.
 
-Layout (design.md section 4, ``metricsflow/model/tiers.py``): the database is the one the
+Layout (docs/influxdb-layout.md, ``metricsflow/model/tiers.py``): the database is the one the
 write named; inside it one retention policy per tier, named like the tier, ``raw`` being the
 DEFAULT policy. The sink creates a database and its policies on first use (idempotently;
 a policy that exists with another duration is altered), restricted by an optional allow-list.

@@ -1,11 +1,11 @@
 """The keyed state contract: what every state backend (heap, RocksDB) provides.
 
-State is organized by **key group** (= input partition, design.md section 2): one key group's
-state can be snapshotted, restored, handed over and dropped alone. Inside a key group, each
-registered state (by name) is a **sorted map** from ``bytes`` keys to typed values. Sorted,
-because operators lay state out by time (e.g. keys that start with a big-endian window end)
-and fire windows with a range scan, the way Flink's timer services do; that is also what lets
-the RocksDB backend hold more state than fits in memory.
+State is organized by **key group** (= input partition, docs/architecture.md "Key groups"): one
+key group's state can be snapshotted, restored, handed over and dropped alone. Inside a key
+group, each registered state (by name) is a **sorted map** from ``bytes`` keys to typed values.
+Sorted, because operators lay state out by time (e.g. keys that start with a big-endian window
+end) and fire windows with a range scan, the way Flink's timer services do; that is also what
+lets the RocksDB backend hold more state than fits in memory.
 
 Values are serialized with explicit, versioned serializers (never pickle), so that a snapshot
 written by this version of the code can be read by the next one, and safely.

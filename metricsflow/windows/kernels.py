@@ -1,4 +1,4 @@
-"""Vectorized window kernels: no Python work per row (design.md section 8).
+"""Vectorized window kernels: no Python work per row (docs/architecture.md, "Micro-batches").
 
 A window's rows are kept as *chunks*: dicts of equal-length 1-D NumPy columns. Column ``k``
 is the key id (int32, see the key dictionary in operator.py), ``t`` the identity timestamp
@@ -25,7 +25,6 @@ Float64Array = npt.NDArray[np.float64]
 IntpArray = npt.NDArray[np.intp]
 Chunk = dict[str, npt.NDArray[Any]]
 
-RAW_COLUMNS: tuple[str, ...] = ("k", "t", "v")
 PARTIAL_COLUMNS: tuple[str, ...] = ("k", "t", "c", "s", "mn", "mx", "ft", "f", "lt", "l")
 
 _COMPOSITE_LIMIT = 2**62

@@ -1,4 +1,4 @@
-"""Per-key-group watermarks: bounded out-of-orderness plus idleness (design.md section 5).
+"""Per-key-group watermarks: bounded out-of-orderness plus idleness (docs/windows.md).
 
 Semantics (documented in docs/windows.md):
 

@@ -1,9 +1,8 @@
 """Test harness for the window operators: outputs that record, a chain that wires operators
-like chained tasks do, and state backends (heap, and RocksDB when it is available)."""
+like chained tasks do, and state backends (heap and RocksDB)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +17,7 @@ from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBat
 from metricsflow.state.base import KeyedStateBackend
 from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle
 from metricsflow.state.heap import HeapKeyedStateBackend
-
-
-def _rocksdb_factory() -> Callable[[str, Path], KeyedStateBackend] | None:
-    try:
-        module = importlib.import_module("metricsflow.state.rocksdb")
-    except ImportError:
-        return None
-    cls = getattr(module, "RocksDBKeyedStateBackend", None)
-    if cls is None:
-        return None
-
-    def make(owner: str, path: Path) -> KeyedStateBackend:
-        return cls(local_dir=str(path), owner=owner)  # type: ignore[no-any-return]
-
-    return make
-
+from metricsflow.state.rocksdb import RocksDBKeyedStateBackend
 
 BackendFactory = Callable[[str], KeyedStateBackend]
 
@@ -47,12 +31,10 @@ def _backends(kind: str, tmp_path: Path) -> Iterator[BackendFactory]:
             made.append(HeapKeyedStateBackend(owner))
             return made[-1]
     else:
-        rocks = _rocksdb_factory()
-        if rocks is None:
-            pytest.skip("metricsflow.state.rocksdb is not available yet")
 
         def make(owner: str) -> KeyedStateBackend:
-            made.append(rocks(owner, tmp_path / f"rocks-{next(counter)}"))
+            path = tmp_path / f"rocks-{next(counter)}"
+            made.append(RocksDBKeyedStateBackend(local_dir=str(path), owner=owner))
             return made[-1]
 
     yield make
