@@ -5,8 +5,8 @@ Rules this module enforces (see ``docs/infrastructure.md``):
 - Servers listen on 127.0.0.1 only; :func:`free_port` / :func:`free_ports` pick free ports.
 - A server starts in its own process group (``start_new_session=True``) with its output
   appended to ``<data_dir>/<name>.log`` and its PID written to ``<data_dir>/<name>.pid``
-  (first line the PID, second line the process start time in clock ticks, so that a PID
-  reused by an unrelated process is never signalled).
+  (first line the PID, second line the process start time as psutil reports it, so that a
+  PID reused by an unrelated process is never signalled).
 - Readiness is a real health check polled against a deadline, never a bare sleep; if the
   process dies while we wait, we fail at once with the tail of its log.
 - A server is stopped *only* through its PID file: SIGTERM to the process group, then SIGKILL
@@ -14,6 +14,8 @@ Rules this module enforces (see ``docs/infrastructure.md``):
 
 :class:`ProcessServer` puts these together as a reusable :class:`ManagedServer`; a concrete
 server supplies its command line, its configuration files and its health check.
+
+Process facts (alive, zombie, start time, process group members) come from ``psutil``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
+
 from metricsflow.errors import InfrastructureError
 from metricsflow.infra.base import ManagedServer
 
@@ -44,7 +48,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
-_PROC = Path("/proc")
 
 # Children spawned by this Python process, so that we can reap them (no zombies) and so that
 # ``is_alive`` is exact for them.
@@ -94,54 +97,30 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ProcStat:
-    """The fields of ``/proc/<pid>/stat`` that we use."""
-
-    pid: int
-    state: str
-    pgrp: int
-    start_ticks: int
-    num_threads: int
-
-    @property
-    def dead(self) -> bool:
-        """A zombie whose threads have all exited. (The main thread of a multi-threaded
-        process, e.g. a JVM, can show 'Z' while its other threads still run.)"""
-        return self.state in ("Z", "X") and self.num_threads <= 1
-
-
-def proc_stat(pid: int) -> ProcStat | None:
-    """Parse ``/proc/<pid>/stat``; ``None`` when the process does not exist."""
-    try:
-        data = (_PROC / str(pid) / "stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-        return None
-    # The command name (field 2) is in parentheses and may contain spaces and ')'.
-    rest = data[data.rindex(")") + 2 :].split()
-    return ProcStat(
-        pid=pid,
-        state=rest[0],
-        pgrp=int(rest[2]),
-        start_ticks=int(rest[19]),
-        num_threads=int(rest[17]),
-    )
+#: How far the start time psutil reports now may be from the one in a PID file for the same
+#: process. psutil derives it from the boot time, which moves when the wall clock is stepped.
+#: PIDs are handed out cyclically, so a PID comes back only after the whole PID range has been
+#: used, which does not happen within a second in practice (psutil's own PID-reuse check
+#: assumes 0.01 s).
+START_TIME_TOLERANCE_S = 1.0
 
 
 @dataclass(frozen=True)
 class PidRecord:
     """What a PID file holds: the PID (which is also the process group id, because servers
-    are started with ``start_new_session=True``) and the process start time."""
+    are started with ``start_new_session=True``) and the process start time (seconds since
+    the epoch, as :meth:`psutil.Process.create_time` reports it)."""
 
     pid: int
-    start_ticks: int | None
+    create_time: float | None
 
     @property
     def pgid(self) -> int:
         return self.pid
 
     def render(self) -> str:
-        return f"{self.pid}\n{self.start_ticks if self.start_ticks is not None else ''}\n"
+        created = f"{self.create_time:.2f}" if self.create_time is not None else ""
+        return f"{self.pid}\n{created}\n"
 
     @classmethod
     def parse(cls, text: str) -> PidRecord | None:
@@ -150,8 +129,41 @@ class PidRecord:
             pid = int(lines[0].strip())
         except (ValueError, IndexError):
             return None
-        ticks_text = lines[1].strip() if len(lines) > 1 else ""
-        return cls(pid=pid, start_ticks=int(ticks_text) if ticks_text.isdigit() else None)
+        created_text = lines[1].strip() if len(lines) > 1 else ""
+        # A start time has a decimal point; an integer is the clock-tick count older versions
+        # wrote, which is not comparable: such a record is matched by PID alone.
+        try:
+            created = float(created_text) if "." in created_text else None
+        except ValueError:
+            created = None
+        return cls(pid=pid, create_time=created)
+
+    def matches(self, process: psutil.Process) -> bool:
+        """``process`` is the one this record names, not a later one that got its PID."""
+        if self.create_time is None:
+            return True
+        try:
+            created = process.create_time()
+        except psutil.NoSuchProcess:
+            return False
+        return abs(created - self.create_time) <= START_TIME_TOLERANCE_S
+
+
+def live_process(pid: int) -> psutil.Process | None:
+    """The process ``pid`` unless it does not exist or is a zombie whose threads have all
+    exited. (The main thread of a multi-threaded process, e.g. a JVM, can be a zombie while
+    its other threads still run: that process is alive.)"""
+    try:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            ended = process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+            if ended and process.num_threads() <= 1:
+                return None
+    except psutil.NoSuchProcess:  # ZombieProcess included: one we cannot even inspect
+        return None
+    except psutil.AccessDenied:
+        pass  # exists, owned by someone else; its status is not ours to read
+    return process
 
 
 def read_pid_file(path: Path) -> PidRecord | None:
@@ -182,37 +194,21 @@ def pid_alive(record: PidRecord) -> bool:
     if child is not None:
         # waitpid is exact: it reports an exit only once every thread has gone.
         return child
-    if not _PROC.is_dir():  # not Linux: best effort
-        try:
-            os.kill(record.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    stat = proc_stat(record.pid)
-    if stat is None or stat.dead:
-        return False
-    return record.start_ticks is None or stat.start_ticks == record.start_ticks
+    process = live_process(record.pid)
+    return process is not None and record.matches(process)
 
 
 def group_members(pgid: int) -> list[int]:
     """PIDs of the live (non-zombie) processes in process group ``pgid``."""
-    if not _PROC.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        except PermissionError:
-            return [pgid]
-        return [pgid]
     members = []
-    for entry in _PROC.iterdir():
-        if not entry.name.isdigit():
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) != pgid:
+                continue
+        except (ProcessLookupError, PermissionError):
             continue
-        stat = proc_stat(int(entry.name))
-        if stat is not None and stat.pgrp == pgid and not stat.dead:
-            members.append(stat.pid)
+        if live_process(process.pid) is not None:
+            members.append(process.pid)
     return members
 
 
@@ -247,8 +243,11 @@ def spawn(
             raise InfrastructureError(f"cannot start {name}: {argv[0]}: {exc}") from exc
     with _CHILDREN_LOCK:
         _CHILDREN[child.pid] = child
-    stat = proc_stat(child.pid)
-    record = PidRecord(pid=child.pid, start_ticks=stat.start_ticks if stat else None)
+    try:
+        created: float | None = psutil.Process(child.pid).create_time()
+    except psutil.NoSuchProcess:
+        created = None
+    record = PidRecord(pid=child.pid, create_time=created)
     tmp = pid_file.with_name(pid_file.name + ".tmp")
     tmp.write_text(record.render())
     tmp.replace(pid_file)
@@ -285,8 +284,7 @@ def stop_pid_file(
         return False
     leader_alive = pid_alive(record)
     if not leader_alive:
-        stat = proc_stat(record.pid)
-        reused = stat is not None and not stat.dead
+        reused = live_process(record.pid) is not None
         # If the PID now belongs to another process, the old group cannot exist any more
         # (Linux never reuses a PID that is still a process group id): nothing to do.
         if reused or not group_members(record.pgid):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from metricsflow.errors import InfrastructureError
@@ -23,7 +25,6 @@ from metricsflow.infra.process import (
     group_members,
     pid_alive,
     port_is_free,
-    proc_stat,
     read_pid_file,
     spawn,
     stop_pid_file,
@@ -115,8 +116,28 @@ def test_stop_kills_a_process_group_that_ignores_sigterm_after_the_timeout(
 
     assert 1.0 <= elapsed < 8
     assert group_members(record.pgid) == []
-    stat = proc_stat(child_pid)
-    assert stat is None or stat.state == "Z"
+    with contextlib.suppress(psutil.NoSuchProcess):  # gone, or a zombie not yet reaped by init
+        assert psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_pid_record_round_trips_and_an_old_tick_count_is_matched_by_pid_alone() -> None:
+    record = PidRecord(pid=4242, create_time=1_764_633_600.25)
+    assert PidRecord.parse(record.render()) == record
+    assert PidRecord.parse("4242\n") == PidRecord(pid=4242, create_time=None)
+    # Older versions wrote the start time in clock ticks: not comparable, so PID alone.
+    assert PidRecord.parse("4242\n123456\n") == PidRecord(pid=4242, create_time=None)
+    assert PidRecord.parse("not a pid\n") is None
+
+
+def test_a_pid_record_matches_its_process_despite_a_small_clock_step(tmp_path: Path) -> None:
+    record = _spawn_python(tmp_path, "import time; time.sleep(60)")
+    try:
+        assert record.create_time is not None
+        process = psutil.Process(record.pid)
+        assert PidRecord(record.pid, record.create_time + 0.5).matches(process)
+        assert not PidRecord(record.pid, record.create_time + 5).matches(process)
+    finally:
+        assert stop_pid_file(tmp_path / "proc.pid", name="proc", timeout_s=5)
 
 
 def test_a_stale_pid_file_is_removed_and_nothing_is_signalled(tmp_path: Path) -> None:
@@ -129,10 +150,9 @@ def test_a_stale_pid_file_is_removed_and_nothing_is_signalled(tmp_path: Path) ->
 def test_a_pid_file_naming_a_reused_pid_never_signals_that_process(tmp_path: Path) -> None:
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        stat = proc_stat(bystander.pid)
-        assert stat is not None
+        started = psutil.Process(bystander.pid).create_time()
         (tmp_path / "old.pid").write_text(
-            PidRecord(pid=bystander.pid, start_ticks=stat.start_ticks - 1).render()
+            PidRecord(pid=bystander.pid, create_time=started - 60).render()
         )
         assert not stop_pid_file(tmp_path / "old.pid", name="old")
         assert bystander.poll() is None
