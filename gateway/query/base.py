@@ -175,12 +175,3 @@ def series_from_json(data: dict[str, Any]) -> Series:
         columns=list(data.get("columns", [])),
         values=[list(row) for row in data.get("values", [])],
     )
-
-
-def series_to_json(series: Series) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": series.name}
-    if series.tags is not None:
-        out["tags"] = series.tags
-    out["columns"] = series.columns
-    out["values"] = series.values
-    return out

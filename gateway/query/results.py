@@ -19,7 +19,6 @@ from typing import Any
 from gateway.query.base import Series, TagSet
 from gateway.query.rewrite import Analysis
 
-Number = int | float
 _EPOCH_NS: dict[str, int] = {
     "ns": 1,
     "n": 1,
