@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -30,6 +30,12 @@ from metricsflow.errors import ConfigurationError
 from metricsflow.job.graph import DownsamplingJobConfig
 from metricsflow.job.runner import RunnerConfig
 from metricsflow.model.durations import parse_duration_ns
+from metricsflow.model.fieldkinds import (
+    DEFAULT_COUNTER_PATTERNS,
+    DEFAULT_SKETCH_PATTERNS,
+    FieldKinds,
+    FieldSelector,
+)
 from metricsflow.model.tiers import RAW_TIER, TierSpec, validate_tiers
 from metricsflow.sinks.influxdb import InfluxDBSinkConfig
 from metricsflow.sources.kafka import KafkaSourceConfig
@@ -278,6 +284,26 @@ class WorkerSettings(BaseSettings):
             "`0`."
         ),
     )
+    counter_fields: str = Field(
+        default=DEFAULT_COUNTER_PATTERNS,
+        description=(
+            "Fields that are counters (their tier rows are to get `increase_<f>` and "
+            "`resets_<f>`, docs/counters-and-percentiles.md): comma-separated patterns "
+            "`<measurement glob>/<field glob>`, or `<field glob>` for any measurement; `*`, `?`, "
+            "`[...]` as in shell globs, case-sensitive. The default follows Prometheus' naming "
+            "conventions (remote write: measurement = metric name) and Telegraf's cumulative "
+            "`net`/`diskio` fields. Empty: none. Not yet applied to the tier rows (issue 15)."
+        ),
+    )
+    sketch_fields: str = Field(
+        default=DEFAULT_SKETCH_PATTERNS,
+        description=(
+            "Fields whose tier rows are to get a DDSketch (`sketch_<f>`, 1 % relative accuracy) "
+            "and `p50_`/`p90_`/`p95_`/`p99_<f>`: patterns as for `counter_fields`; a counter "
+            "never gets a sketch. Default: names that say latency, duration or response time. "
+            "Empty: none. Not yet applied to the tier rows (issue 15)."
+        ),
+    )
     checkpoint_interval_ms: int = Field(
         default=5_000,
         ge=1,
@@ -404,6 +430,15 @@ class WorkerSettings(BaseSettings):
         description="`failure-rate`: the sliding window, in seconds, failures are counted in.",
     )
 
+    @field_validator("counter_fields", "sketch_fields")
+    @classmethod
+    def _check_patterns(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            FieldSelector.parse(value)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"METRICSFLOW_{str(info.field_name).upper()}: {exc}") from None
+        return value
+
     @field_validator("influxdb_database_allowlist", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
@@ -437,6 +472,13 @@ class WorkerSettings(BaseSettings):
         return cls(**{k: v for k, v in overrides.items() if v is not None})
 
     # ------------------------------------------------------------------ derived
+    @property
+    def field_kinds(self) -> FieldKinds:
+        return FieldKinds(
+            counters=FieldSelector.parse(self.counter_fields),
+            sketches=FieldSelector.parse(self.sketch_fields),
+        )
+
     @property
     def effective_worker_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{self.port}"
