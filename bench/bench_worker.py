@@ -49,6 +49,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,18 @@ from metricsflow.infra.process import free_port, free_ports
 from metricsflow.infra.settings import default_cache_dir
 from metricsflow.model import encode_lines, partition_for
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flink_contender
+from tier_rows import Rows, compare_rows, rows_from_series
+
 S = 1_000_000_000
 INTERVAL_S = 10
 BOUND = "10s"
 BOUND_NS = 10 * S
 FIELDS = ("usage_idle", "usage_system", "usage_user", "usage_iowait")
 RESULTS = Path(__file__).parent / "results" / "worker.json"
+MF = "metricsflow worker"
+QUIX = "Quix Streams app"
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -81,6 +88,17 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM in /proc/<pid>/status), MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 @dataclass
@@ -154,6 +172,28 @@ class Influx:
         series = self.query(f'SELECT count("{field}") FROM "{db}"."{rp}"."{measurement}"', db)
         return int(series[0]["values"][0][1]) if series else 0
 
+    def tier_count(self, db: str, rp: str = "1m", where: str = "") -> int:
+        """Complete tier rows: the fewest ``count_<field>`` values over the fields (a
+        contender writing one line per field is complete only when every field is)."""
+        cols = ", ".join(f'count("count_{f}")' for f in FIELDS)
+        series = self.query(f'SELECT {cols} FROM "{db}"."{rp}"."cpu" {where}', db)
+        return min(int(v or 0) for v in series[0]["values"][0][1:]) if series else 0
+
+    def rows(self, db: str, rp: str = "1m") -> Rows:
+        return rows_from_series(self.query(f'SELECT * FROM "{db}"."{rp}"./.*/ GROUP BY *', db))
+
+    def create_tiers(self, db: str) -> None:
+        """``db`` with metricsflow's layout: ``raw`` (DEFAULT) and ``"1m"``."""
+        self.query(f'DROP DATABASE "{db}"')
+        self.client.post(
+            f"{self.url}/query",
+            params={"q": f'CREATE DATABASE "{db}" WITH DURATION 7d REPLICATION 1 NAME "raw"'},
+        ).raise_for_status()
+        self.client.post(
+            f"{self.url}/query",
+            params={"q": f'CREATE RETENTION POLICY "1m" ON "{db}" DURATION 30d REPLICATION 1'},
+        ).raise_for_status()
+
     def create(self, db: str) -> None:
         self.client.post(f"{self.url}/query", params={"q": f'CREATE DATABASE "{db}"'})
         self.client.post(
@@ -171,11 +211,13 @@ class Topic:
     windows: int
     """expected rows per field in the 1m tier (series x windows)"""
     data_end_ns: int
+    series: int
+    first_window_ns: int
 
 
 def make_records(
     series: int, minutes: int, partitions: int, lines_per_record: int
-) -> tuple[list[tuple[int, Any]], int, int, int]:
+) -> tuple[list[tuple[int, Any]], int, int, int, int]:
     """lp1 records per partition, like the gateway writes them (Telegraf-like cpu points)."""
     now = time.time_ns()
     t0 = (now - (minutes + 10) * 60 * S) // (60 * S) * (60 * S)  # minute aligned, recent
@@ -201,7 +243,7 @@ def make_records(
             chunk = rows[i : i + lines_per_record]
             for rec in encode_lines([k for k, _ in chunk], [ln for _, ln in chunk], "bench", None):
                 records.append((p, rec))
-    return records, series * (ticks + 1), series * minutes, end
+    return records, series * (ticks + 1), series * minutes, end, t0
 
 
 async def fill_topic(bootstrap: str, name: str, partitions: int, records: list[Any]) -> None:
@@ -238,21 +280,28 @@ def wait_done(
     topic: Topic,
     proc: Proc,
     timeout_s: float,
+    raw_rp: str = "raw",
     progress: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Until the raw and 1m tiers of ``db`` hold everything (or raise): the wall time and the
-    process's CPU time at the first point visible in the raw tier and at completion."""
+    process's CPU time at the first point visible in the raw tier and at completion, and the
+    time until the first 1m window (every series, every field) was complete."""
     started = time.monotonic()
     first: tuple[float, float] | None = None
+    first_window_s: float | None = None
+    w0 = topic.first_window_ns
+    first_window = f"WHERE time >= {w0} AND time < {w0 + 60 * S}"
     deadline = started + timeout_s
     raw_done = None
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:
             raise RuntimeError(f"process exited early, see {proc.log}")
         try:
-            raw = influx.count(db, "raw" if db == "bench" else "autogen", "usage_user")
-            m1 = influx.count(db, "1m", "count_usage_user")
-        except httpx.HTTPError:
+            raw = influx.count(db, raw_rp, "usage_user")
+            m1 = influx.tier_count(db)
+            if first_window_s is None and influx.tier_count(db, where=first_window) >= topic.series:
+                first_window_s = time.monotonic() - started
+        except (httpx.HTTPError, KeyError, IndexError):
             raw = m1 = -1
         if raw > 0 and first is None:
             first = (time.monotonic(), cpu_seconds(proc.pid))
@@ -265,6 +314,7 @@ def wait_done(
                 "steady_wall_s": done - first[0],
                 "steady_cpu_s": cpu - first[1],
                 "raw_done_s": (raw_done or done) - started,
+                "first_window_s": first_window_s if first_window_s is not None else done - started,
             }
         if progress is not None:
             progress()
@@ -272,21 +322,30 @@ def wait_done(
     raise TimeoutError(f"{db}: not complete after {timeout_s} s (see {proc.log})")
 
 
+def finish(
+    influx: Influx, db: str, proc: Proc, t_start: float, steady: dict[str, float]
+) -> tuple[dict[str, Any], Rows]:
+    """Figures of a completed run (read before the process stops) and its 1m rows."""
+    wall = time.monotonic() - t_start
+    cpu = cpu_seconds(proc.pid)
+    rss = peak_rss_mib(proc.pid)
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss, **steady}, influx.rows(db)
+
+
 def run_metricsflow(
     tmp: Path, kafka: KafkaServer, influx: Influx, topic: Topic, rep: int, timeout_s: float
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Rows]:
     name = f"mf{rep}"
     influx.query('DROP DATABASE "bench"')  # the records name db "bench"; the worker creates it
     t_start = time.monotonic()
     proc, url = start_worker(tmp, name, kafka.bootstrap, topic.name, influx.url)
     try:
         steady = wait_done(influx, "bench", topic, proc, timeout_s)
-        wall = time.monotonic() - t_start
-        cpu = cpu_seconds(proc.pid)
+        result, rows = finish(influx, "bench", proc, t_start, steady)
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
     finally:
         proc.stop()
-    samples = next(
+    result["samples_in"] = next(
         (
             float(ln.split()[-1])
             for ln in metrics.splitlines()
@@ -294,12 +353,12 @@ def run_metricsflow(
         ),
         0.0,
     )
-    return {"wall_s": wall, "cpu_s": cpu, "samples_in": samples, **steady}
+    return result, rows
 
 
 def run_quix(
     tmp: Path, kafka: KafkaServer, influx: Influx, topic: Topic, rep: int, timeout_s: float
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Rows]:
     db = f"quix{rep}"
     influx.create(db)
     t_start = time.monotonic()
@@ -318,12 +377,43 @@ def run_quix(
         tmp / f"{db}.log",
     )
     try:
-        steady = wait_done(influx, db, topic, proc, timeout_s)
-        wall = time.monotonic() - t_start
-        cpu = cpu_seconds(proc.pid)
+        steady = wait_done(influx, db, topic, proc, timeout_s, raw_rp="autogen")
+        return finish(influx, db, proc, t_start, steady)
     finally:
         proc.stop()
-    return {"wall_s": wall, "cpu_s": cpu, **steady}
+
+
+def run_flink(
+    tmp: Path,
+    kafka: KafkaServer,
+    influx: Influx,
+    topic: Topic,
+    rep: int,
+    timeout_s: float,
+    home: Path,
+    backend: str,
+) -> tuple[dict[str, Any], Rows]:
+    """The Flink job (``bench/flink``) in a local MiniCluster: one JVM process."""
+    db = f"flink_{backend}{rep}"
+    influx.create_tiers(db)
+    argv = flink_contender.command(
+        home,
+        bootstrap=kafka.bootstrap,
+        topic=topic.name,
+        group=f"flink-{db}",
+        influx_url=influx.url,
+        db=db,
+        backend=backend,
+        checkpoint_dir=tmp / f"{db}-checkpoints",
+        bound_ms=BOUND_NS // 1_000_000,
+    )
+    t_start = time.monotonic()
+    proc = spawn(argv, {}, tmp / f"{db}.log")
+    try:
+        steady = wait_done(influx, db, topic, proc, timeout_s)
+        return finish(influx, db, proc, t_start, steady)
+    finally:
+        proc.stop()
 
 
 # -- the Quix Streams application (runs in its own process) ----------------------------------
@@ -561,6 +651,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-s", type=float, default=150.0)
     parser.add_argument("--latency-hz", type=float, default=4.0)
     parser.add_argument("--skip-quix", action="store_true")
+    parser.add_argument("--skip-flink", action="store_true")
+    parser.add_argument(
+        "--flink-backends",
+        default="hashmap,rocksdb",
+        help="Flink state backends to run, comma-separated (hashmap, rocksdb)",
+    )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--timeout-s", type=float, default=900.0)
     parser.add_argument("--quick", action="store_true", help="1,000 series, 5 minutes, 70 s")
@@ -581,16 +677,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[dict[str, Any]] = []
     latency: dict[str, Any] | None = None
+    mismatches: list[str] = []
+    backends = [b for b in args.flink_backends.split(",") if b] if not args.skip_flink else []
+    for b in backends:
+        if b not in ("hashmap", "rocksdb"):
+            parser.error(f"--flink-backends: unknown backend {b!r} (hashmap, rocksdb)")
+    flink_home = flink_contender.build(default_cache_dir()) if backends else None
     try:
         for server in (kafka, influxd):
             if not server.start():
                 raise RuntimeError(f"{server.name} did not start: {server.log_tail()}")
         influx = Influx(influxd.url)
         print("building records ...", flush=True)
-        records, points, windows, end = make_records(
+        records, points, windows, end, t0 = make_records(
             args.series, args.minutes, args.partitions, args.lines_per_record
         )
-        topic = Topic("bench", args.partitions, points, windows, end)
+        topic = Topic("bench", args.partitions, points, windows, end, args.series, t0)
         asyncio.run(fill_topic(kafka.bootstrap, topic.name, args.partitions, records))
         print(
             f"topic {topic.name}: {len(records)} records, {points:,} points "
@@ -598,15 +700,35 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for rep in range(args.repeat):
-            mf = run_metricsflow(tmp, kafka, influx, topic, rep, args.timeout_s)
-            mf.update(contender="metricsflow worker", rep=rep)
+            mf, reference = run_metricsflow(tmp, kafka, influx, topic, rep, args.timeout_s)
+            mf.update(contender=MF, rep=rep)
             rows.append(mf)
             print(f"  metricsflow rep {rep}: {mf}", flush=True)
+            if len(reference) != windows:
+                mismatches.append(f"{MF} rep {rep}: {len(reference)} 1m rows, want {windows}")
+            others: list[tuple[str, Callable[[], tuple[dict[str, Any], Rows]]]] = []
             if not args.skip_quix:
-                qx = run_quix(tmp, kafka, influx, topic, rep, args.timeout_s)
-                qx.update(contender="Quix Streams app", rep=rep)
-                rows.append(qx)
-                print(f"  quix        rep {rep}: {qx}", flush=True)
+                others.append(
+                    (QUIX, partial(run_quix, tmp, kafka, influx, topic, rep, args.timeout_s))
+                )
+            for backend in backends:
+                assert flink_home is not None
+                run_one = partial(
+                    run_flink, tmp, kafka, influx, topic, rep, args.timeout_s, flink_home, backend
+                )
+                others.append((f"Flink {backend}", run_one))
+            for name, run in others:
+                result, got = run()
+                result.update(contender=name, rep=rep)
+                rows.append(result)
+                print(f"  {name:12} rep {rep}: {result}", flush=True)
+                problems = compare_rows(reference, got, rel_tol=1e-9)
+                mismatches += [f"{name} rep {rep} vs {MF}: {p}" for p in problems]
+                print(
+                    f"  {name:12} rep {rep}: 1m rows "
+                    + ("SAME as metricsflow's" if not problems else f"DIFFER ({problems[0]})"),
+                    flush=True,
+                )
         if not args.skip_latency:
             latency = asyncio.run(run_latency(tmp, kafka, influx, args.latency_s, args.latency_hz))
     finally:
@@ -617,8 +739,22 @@ def main(argv: list[str] | None = None) -> int:
         r["points_per_cpu_s"] = round(points / r["cpu_s"])
         # from the first point visible in the raw tier: excludes start-up (imports, group join)
         r["steady_points_per_cpu_s"] = round(points / max(r["steady_cpu_s"], 1e-9))
-        for k in ("wall_s", "cpu_s", "steady_wall_s", "steady_cpu_s", "raw_done_s"):
+        for k in (
+            "wall_s",
+            "cpu_s",
+            "steady_wall_s",
+            "steady_cpu_s",
+            "raw_done_s",
+            "first_window_s",
+            "peak_rss_mib",
+        ):
             r[k] = round(r[k], 2)
+    if mismatches:
+        print("\nCROSS-CHECK FAILED: the contenders' 1m rows differ; no figures reported:")
+        for m in mismatches:
+            print(f"  {m}")
+        return 1
+    print(f"\ncross-check: every contender wrote the same {windows:,} 1m rows (floats 1e-9)")
     summary: dict[str, Any] = {}
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -631,35 +767,58 @@ def main(argv: list[str] | None = None) -> int:
                 r["steady_points_per_cpu_s"] for r in rs
             ),
         }
-    if "Quix Streams app" in summary:
-        mfr = summary["metricsflow worker"]
-        qxr = summary["Quix Streams app"]
-        summary["ratio_per_cpu_s"] = round(
-            mfr["points_per_cpu_s_median"] / qxr["points_per_cpu_s_median"], 1
+    for name, rs in by.items():
+        summary[name].update(
+            wall_s_median=statistics.median(r["wall_s"] for r in rs),
+            first_window_s_median=statistics.median(r["first_window_s"] for r in rs),
+            peak_rss_mib_median=statistics.median(r["peak_rss_mib"] for r in rs),
         )
-        summary["ratio_wall"] = round(mfr["points_per_s_median"] / qxr["points_per_s_median"], 1)
-        summary["ratio_steady_per_cpu_s"] = round(
-            mfr["steady_points_per_cpu_s_median"] / qxr["steady_points_per_cpu_s_median"], 1
-        )
+    mfr = summary.get(MF)
+    ratios: dict[str, dict[str, Any]] = {}
+    for name in by:
+        if name == MF or mfr is None:
+            continue
+        other = summary[name]
+        ratios[name] = {
+            "per_cpu_s": round(
+                mfr["points_per_cpu_s_median"] / other["points_per_cpu_s_median"], 2
+            ),
+            "steady_per_cpu_s": round(
+                mfr["steady_points_per_cpu_s_median"] / other["steady_points_per_cpu_s_median"], 2
+            ),
+            "wall": round(mfr["points_per_s_median"] / other["points_per_s_median"], 2),
+            "per_rep_per_cpu_s": [
+                round(a["points_per_cpu_s"] / b["points_per_cpu_s"], 2)
+                for a, b in zip(by[MF], by[name], strict=False)
+            ],
+        }
+    summary["metricsflow_vs"] = ratios
+    if QUIX in ratios:  # the keys of earlier runs (docs/benchmarks.md, "Worker")
+        summary["ratio_per_cpu_s"] = round(ratios[QUIX]["per_cpu_s"], 1)
+        summary["ratio_wall"] = round(ratios[QUIX]["wall"], 1)
+        summary["ratio_steady_per_cpu_s"] = round(ratios[QUIX]["steady_per_cpu_s"], 1)
         summary["per_rep_ratio_per_cpu_s"] = [
-            round(a["points_per_cpu_s"] / b["points_per_cpu_s"], 1)
-            for a, b in zip(by["metricsflow worker"], by["Quix Streams app"], strict=False)
+            round(x, 1) for x in ratios[QUIX]["per_rep_per_cpu_s"]
         ]
     print(
-        f"\n{'contender':22} {'rep':>3} {'wall s':>8} {'CPU s':>8} {'points/s':>10} "
-        f"{'points/CPU-s':>13} {'steady pts/CPU-s':>17}"
+        f"\n{'contender':20} {'rep':>3} {'wall s':>7} {'CPU s':>7} {'points/s':>9} "
+        f"{'points/CPU-s':>12} {'steady pts/CPU-s':>16} {'1st window s':>12} {'peak RSS MiB':>12}"
     )
     for r in rows:
         print(
-            f"{r['contender']:22} {r['rep']:3} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} "
-            f"{r['points_per_s']:10,} {r['points_per_cpu_s']:13,} "
-            f"{r['steady_points_per_cpu_s']:17,}"
+            f"{r['contender']:20} {r['rep']:3} {r['wall_s']:7.2f} {r['cpu_s']:7.2f} "
+            f"{r['points_per_s']:9,} {r['points_per_cpu_s']:12,} "
+            f"{r['steady_points_per_cpu_s']:16,} {r['first_window_s']:12.2f} "
+            f"{r['peak_rss_mib']:12.0f}"
         )
-    if "ratio_per_cpu_s" in summary:
+    print(
+        "(CPU = user+sys of the contender's own process from /proc, all threads, the JVM's "
+        "included; Kafka and InfluxDB are not counted)"
+    )
+    for name, ratio in ratios.items():
         print(
-            f"metricsflow / Quix: {summary['ratio_per_cpu_s']}x per CPU-second "
-            f"({summary['ratio_steady_per_cpu_s']}x without start-up), "
-            f"{summary['ratio_wall']}x wall clock"
+            f"metricsflow / {name}: {ratio['per_cpu_s']}x per CPU-second "
+            f"({ratio['steady_per_cpu_s']}x without start-up), {ratio['wall']}x wall clock"
         )
     if latency is not None:
         print("\nlatency (gateway 204 -> visible):")
