@@ -1,4 +1,4 @@
-"""Worker throughput from a pre-filled topic, metricsflow vs Quix Streams; end-to-end latency.
+"""Worker throughput from a pre-filled topic: metricsflow vs Quix Streams vs Apache Flink; latency.
 
 Starts a real Kafka broker and a real influxd (``metricsflow.infra``, free loopback ports),
 fills a topic with ``lp1`` records (``metricsflow.model.encode_lines``: what the gateway
@@ -15,13 +15,30 @@ consumer group and its own InfluxDB database):
   event timestamp, ``group_by`` series + field (a repartition topic: Quix keys state by the
   message key), ``tumbling_window(60 s, grace = the watermark bound).agg(...)``,
   ``final(closing_strategy="key")``, a ``BatchingSink`` posting to ``/write``. Its
-  state changelog topics stay on (Quix's fault tolerance; metricsflow checkpoints too).
+  state changelog topics stay on (Quix's fault tolerance; metricsflow checkpoints too);
+* **Apache Flink 2.2.1** (``bench/flink``, built from Maven Central into the cache by
+  ``flink_contender.build``; one JVM running a local MiniCluster, parallelism 2): KafkaSource
+  whose deserializer checks the ``lp1`` headers and emits every numeric sample plus the record
+  itself (so the per-partition watermark generators see each point's event time; bounded
+  out-of-orderness = our bound) -> the record bytes to ``raw`` (side output) and the samples
+  ``keyBy(series + field)`` -> 1m tumbling event-time windows -> ``aggregate(AggregateFunction,
+  ProcessWindowFunction)`` -> the same ``count_/sum_/min_/max_/mean_/first_/last_<field>``
+  lines to ``1m`` (a batched, gzip, async Sink V2 flushed before every checkpoint barrier),
+  checkpoints every 5 s EXACTLY_ONCE, object reuse on; once per state backend in
+  ``--flink-backends`` (``hashmap``, ``rocksdb`` incremental).
+
+Before any figure is printed, every contender's 1m rows are read back and compared with the
+metricsflow worker's (``tier_rows.compare_rows``: same rows and fields, counts exact, floats
+within 1e-9 relative); a difference fails the run (exit 1) and lists the differences.
 
 Completion = every point in the raw tier and every expected 1m window in the 1m tier (polled
 in InfluxDB); one sentinel point per series 5 minutes ahead closes the last data windows for
 both (counted in the points; their own windows stay open, as do the 1h/1d windows metricsflow
 also computes: extra work only it does). CPU = user + sys
-of the worker process (all its threads) from ``/proc``; points per CPU-second = "per core".
+of the contender's process (all its threads, the JVM's included) from ``/proc``; Kafka and
+InfluxDB are not counted; points per CPU-second = "per core". Also per contender: time from
+start to the first complete 1m window (every series and field of the first minute in
+InfluxDB) and peak RSS (``VmHWM``).
 
 Then the **latency** phase: the gateway (``GatewayServer``) and a metricsflow worker on a new
 topic; a client POSTs small batches at wall-clock time; per batch, time from the 204 until the
@@ -30,6 +47,7 @@ also given relative to ``window end + max out-of-orderness`` (target: p99 <= 2 s
 
     .venv/bin/python bench/bench_worker.py                # full run, writes results/worker.json
     .venv/bin/python bench/bench_worker.py --quick        # smaller, for a smoke test
+    .venv/bin/python bench/bench_worker.py --skip-quix --flink-backends hashmap --skip-latency
 """
 
 from __future__ import annotations
@@ -65,6 +83,7 @@ from metricsflow.model import encode_lines, partition_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flink_contender
+from collapsed_stacks import summarize_file
 from tier_rows import Rows, compare_rows, rows_from_series
 
 S = 1_000_000_000
@@ -332,18 +351,60 @@ def finish(
     return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss, **steady}, influx.rows(db)
 
 
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` from outside (its own CPU is not the worker's): collapsed
+    stacks of every non-idle thread, 100 Hz, without pausing the worker (``--nonblocking``)."""
+    exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if exe is None:
+        raise RuntimeError("--profile-worker needs py-spy (uv pip install py-spy)")
+    argv = [exe, "record", "--pid", str(pid), "--rate", "100", "--nonblocking"]
+    argv += ["--format", "raw", "--output", str(out)]
+    for _ in range(50):  # the interpreter must be up before py-spy can attach
+        spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            spy.wait(0.5)
+        except subprocess.TimeoutExpired:
+            return spy
+        time.sleep(0.1)
+    raise RuntimeError(f"py-spy could not attach to {pid}")
+
+
+def stop_py_spy(spy: subprocess.Popen[bytes], out: Path) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    spy.wait(60)
+    total, by_self, by_incl = summarize_file(out, top=25)
+    print(f"\npy-spy profile of the metricsflow worker: {total} samples, {out}")
+    print(f"{'self %':>7} {'incl %':>7}  function (by self time)")
+    for share in by_self:
+        print(f"{share.self_pct:7.1f} {share.inclusive_pct:7.1f}  {share.function}")
+    print(f"{'self %':>7} {'incl %':>7}  function (by inclusive time)")
+    for share in by_incl:
+        print(f"{share.self_pct:7.1f} {share.inclusive_pct:7.1f}  {share.function}")
+
+
 def run_metricsflow(
-    tmp: Path, kafka: KafkaServer, influx: Influx, topic: Topic, rep: int, timeout_s: float
+    tmp: Path,
+    kafka: KafkaServer,
+    influx: Influx,
+    topic: Topic,
+    rep: int,
+    timeout_s: float,
+    profile: Path | None = None,
 ) -> tuple[dict[str, Any], Rows]:
     name = f"mf{rep}"
     influx.query('DROP DATABASE "bench"')  # the records name db "bench"; the worker creates it
     t_start = time.monotonic()
     proc, url = start_worker(tmp, name, kafka.bootstrap, topic.name, influx.url)
+    spy = start_py_spy(proc.pid, profile) if profile is not None else None
     try:
         steady = wait_done(influx, "bench", topic, proc, timeout_s)
         result, rows = finish(influx, "bench", proc, t_start, steady)
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        if spy is not None and profile is not None:
+            stop_py_spy(spy, profile)
     finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
         proc.stop()
     result["samples_in"] = next(
         (
@@ -661,6 +722,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=900.0)
     parser.add_argument("--quick", action="store_true", help="1,000 series, 5 minutes, 70 s")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--profile-worker",
+        type=Path,
+        help="py-spy the metricsflow worker of rep 0 into this collapsed-stacks file",
+    )
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the logs and data dirs")
     args = parser.parse_args(argv)
     if args.quick:
         args.series, args.minutes, args.latency_s = 1_000, 5, 70.0
@@ -700,7 +767,15 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for rep in range(args.repeat):
-            mf, reference = run_metricsflow(tmp, kafka, influx, topic, rep, args.timeout_s)
+            mf, reference = run_metricsflow(
+                tmp,
+                kafka,
+                influx,
+                topic,
+                rep,
+                args.timeout_s,
+                args.profile_worker if rep == 0 else None,
+            )
             mf.update(contender=MF, rep=rep)
             rows.append(mf)
             print(f"  metricsflow rep {rep}: {mf}", flush=True)
@@ -853,7 +928,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep_tmp:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
