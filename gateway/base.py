@@ -47,6 +47,13 @@ class BadRequestError(RequestError):
     reason = "parse"
 
 
+class PartialWriteError(BadRequestError):
+    """Some lines were refused and the valid ones written (acknowledged by Kafka): InfluxDB's
+    400 ``partial write: <refused lines> dropped=N``."""
+
+    reason = "partial_write"
+
+
 class PayloadTooLargeError(RequestError):
     """Body, or decompressed body, larger than the configured limit (413)."""
 

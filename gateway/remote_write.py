@@ -24,6 +24,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from gateway.base import BadRequestError, PayloadTooLargeError
+from metricsflow.model import SerializationError
 from metricsflow.model.limits import time_limit_message
 from metricsflow.model.lineprotocol import DEFAULT_LIMITS, Limits, escape_key, escape_measurement
 
@@ -119,9 +120,12 @@ def decode_write_request(
             raise BadRequestError(f"timeseries {n}: no __name__ label")
         _check_labels(n, name, tags, limits)
         tags.sort()
-        sk = escape_measurement(name) + "".join(
-            f",{escape_key(k)}={escape_key(v)}" for k, v in tags
-        )
+        try:
+            sk = escape_measurement(name) + "".join(
+                f",{escape_key(k)}={escape_key(v)}" for k, v in tags
+            )
+        except SerializationError as exc:  # e.g. a label value ending in a backslash
+            raise BadRequestError(f"timeseries {n}: {exc}") from None
         if len(sk) > limits.max_line_length:
             raise BadRequestError(
                 f"timeseries {n} ({name[:40]!r}): labels of {len(sk)} characters, more than "

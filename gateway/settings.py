@@ -59,20 +59,45 @@ class GatewaySettings(BaseSettings):
         ),
     )
     max_line_length: int = Field(
-        default=65_536,
+        default=200_000,
         description=(
-            "Longest line-protocol line, in characters. This and the four limits below apply "
-            "to the line-protocol and JSON endpoints (not remote write); one violation "
-            "rejects the whole request with 400."
+            "Longest line-protocol line, in characters (200,000 characters are at most 800 kB "
+            "of UTF-8: one Kafka record). This and the four limits below apply to the "
+            "line-protocol and JSON endpoints (remote write: per label); a line beyond one is "
+            "refused like a malformed line. The defaults never refuse what InfluxDB accepts, "
+            "except lines longer than this."
         ),
     )
-    max_tags: int = Field(default=256, description="Most tags per point.")
-    max_fields: int = Field(default=1_024, description="Most fields per point.")
+    max_tags: int = Field(
+        default=16_384,
+        description="Most tags per point (InfluxDB's 65,535-byte key holds at most 16,383).",
+    )
+    max_fields: int = Field(default=50_000, description="Most fields per point.")
     max_key_length: int = Field(
-        default=256, description="Longest measurement name, tag key or field key, in characters."
+        default=65_535,
+        description=(
+            "InfluxDB's MaxKeyLength: most bytes of a line's series key (measurement and "
+            "tags as written), also with 4 + the bytes of each field key added."
+        ),
     )
     max_tag_value_length: int = Field(
-        default=4_096, description="Longest tag value, in characters."
+        default=65_535, description="Longest tag value, in characters."
+    )
+    partial_writes: bool = Field(
+        default=True,
+        description=(
+            "InfluxDB's partial writes: the valid lines of a line-protocol request are written "
+            "(acknowledged by Kafka) and the answer is 400 `partial write: ... dropped=N` "
+            "naming the refused lines. false: one bad line refuses the whole request and "
+            "nothing is written."
+        ),
+    )
+    influxdb_generation: Literal[1, 2] = Field(
+        default=1,
+        description=(
+            "The InfluxDB generation the workers write to. 1: unsigned integer fields (`5u`) "
+            "are refused, as InfluxDB 1.x refuses them; 2: they are accepted."
+        ),
     )
     max_inflight_bytes: int = Field(
         default=256_000_000,
@@ -139,4 +164,5 @@ class GatewaySettings(BaseSettings):
             max_fields=self.max_fields,
             max_key_length=self.max_key_length,
             max_tag_value_length=self.max_tag_value_length,
+            allow_unsigned=self.influxdb_generation >= 2,
         )

@@ -1,4 +1,4 @@
-"""The write endpoints: every one validates all or nothing, produces, and answers 204.
+"""The write endpoints: validate, produce, and answer 204 (or InfluxDB's partial write).
 
 * InfluxDB v1: ``POST /write`` (``db``, ``rp``, ``precision`` n/u/ms/s/m/h, auth ``u``/``p``,
   Basic or ``Token``).
@@ -7,35 +7,49 @@
 * Prometheus remote write 1.0: ``POST /api/v1/write`` (``db`` query parameter).
 * JSON: ``POST /api/v1/json`` (``db``, ``rp``, ``precision`` as v1).
 
-204 means every point of the request was acknowledged by Kafka (``acks=all``). A refused
-request raises a :class:`~gateway.base.RequestError`; the app's exception handler answers it
-in the endpoint's style and counts it (the :class:`~gateway.deps.WriteEndpoint` dependency of
-each route says which endpoint that is).
+204 means every point of the request was acknowledged by Kafka (``acks=all``). Line protocol
+follows InfluxDB's partial writes (``GATEWAY_PARTIAL_WRITES``, default on): the valid lines are
+produced and acknowledged, then the answer is 400 ``partial write: unable to parse '<line>':
+<reason> (line L, column C) ... dropped=N`` (at most :data:`MAX_NAMED_LINES` lines named). When
+no line is valid, or partial writes are off, nothing is produced and the 400 names the refused
+lines. ``rp`` may be empty, the raw tier's name or ``autogen`` (all mean the raw tier); any
+other is refused (docs/ingestion.md).
+
+A refused request raises a :class:`~gateway.base.RequestError`; the app's exception handler
+answers it in the endpoint's style and counts it (the :class:`~gateway.deps.WriteEndpoint`
+dependency of each route says which endpoint that is).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Annotated
+from functools import cache
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from gateway.base import BadRequestError, ParsedWrite
+from gateway.base import BadRequestError, ParsedWrite, PartialWriteError
 from gateway.body import read_body
 from gateway.deps import MetricsDep, SettingsDep, WriteEndpoint, WriterDep
 from gateway.json_write import parse_json_points
 from gateway.metrics import GatewayMetrics
 from gateway.producer import KafkaWriter
+from gateway.query.base import QuerySettings
 from gateway.remote_write import decode_write_request
 from gateway.responses import V1_HEADERS
 from gateway.settings import GatewaySettings
 from metricsflow.model import ParseError
 from metricsflow.model.lineprotocol import PRECISION_V1, PRECISION_V2, canonicalize
 
-Parser = Callable[[bytes, int], tuple[list[str], list[str]]]
-"""``(body, received_ns) -> (series_keys, canonical_lines)``; raises BadRequestError."""
+Parsed = tuple[list[str], list[str], list[ParseError]]
+Parser = Callable[[bytes, int], Parsed]
+"""``(body, received_ns) -> (series_keys, canonical_lines, refused lines)``; raises
+BadRequestError when the request as a whole is refused."""
+MAX_NAMED_LINES: Final = 20
+"""Most refused lines an error answer names (the count is always exact)."""
+_TEXT_CLIP: Final = 200
 OptStr = Annotated[str | None, Query()]
 
 V1_WRITE = WriteEndpoint("v1_write", "v1", password_param=True)
@@ -49,13 +63,11 @@ router = APIRouter()
 def _lp_parser(settings: GatewaySettings, factor: int) -> Parser:
     limits = settings.limits
 
-    def parse(body: bytes, received_ns: int) -> tuple[list[str], list[str]]:
-        try:
-            return canonicalize(
-                body, precision_factor=factor, default_time_ns=received_ns, limits=limits
-            )
-        except ParseError as exc:
-            raise BadRequestError(f"{exc} (text: {exc.text!r})") from None
+    def parse(body: bytes, received_ns: int) -> Parsed:
+        result = canonicalize(
+            body, precision_factor=factor, default_time_ns=received_ns, limits=limits
+        )
+        return result.series_keys, result.lines, result.errors
 
     return parse
 
@@ -63,12 +75,47 @@ def _lp_parser(settings: GatewaySettings, factor: int) -> Parser:
 def _json_parser(settings: GatewaySettings, factor: int) -> Parser:
     limits = settings.limits
 
-    def parse(body: bytes, received_ns: int) -> tuple[list[str], list[str]]:
-        return parse_json_points(
+    def parse(body: bytes, received_ns: int) -> Parsed:
+        keys, lines = parse_json_points(
             body, precision_factor=factor, default_time_ns=received_ns, limits=limits
         )
+        return keys, lines, []
 
     return parse
+
+
+def describe_refused(errors: list[ParseError]) -> str:
+    """InfluxDB's ``unable to parse '<line>': <reason>`` per refused line, with our line and
+    column, one per line of text, at most :data:`MAX_NAMED_LINES`."""
+    parts = []
+    for e in errors[:MAX_NAMED_LINES]:
+        text = e.text if len(e.text) <= _TEXT_CLIP else e.text[:_TEXT_CLIP] + "..."
+        parts.append(f"unable to parse '{text}': {e.reason} (line {e.line}, column {e.column})")
+    if len(errors) > MAX_NAMED_LINES:
+        parts.append(f"... and {len(errors) - MAX_NAMED_LINES} more refused lines")
+    return "\n".join(parts)
+
+
+@cache
+def _tiers() -> tuple[str, frozenset[str]]:
+    """The raw tier's name and every tier's (``GATEWAY_QUERY_TIERS``, the workers' tiers)."""
+    query = QuerySettings()
+    return query.raw_tier, frozenset(t.name for t in query.tiers)
+
+
+def raw_retention_policy(rp: str | None) -> str | None:
+    """The ``rp`` of a write, checked: empty, ``raw`` or ``autogen`` all mean the raw tier
+    (the workers write every point there); a downsampled tier's policy, or any other name,
+    is refused with InfluxDB's ``retention policy not found: <rp>``."""
+    raw, tiers = _tiers()
+    if not rp or rp in (raw, "autogen"):
+        return rp or None
+    if rp in tiers:
+        raise BadRequestError(
+            f"retention policy not found: {rp} (it holds a downsampled tier, which the "
+            f"workers compute; write raw points with no rp or rp={raw})"
+        )
+    raise BadRequestError(f"retention policy not found: {rp}")
 
 
 async def ingest(
@@ -83,7 +130,8 @@ async def ingest(
     parser: Parser | None,
     snappy: bool = False,
 ) -> Response:
-    """Read, validate all-or-nothing, produce, and reply 204 (auth is the route's dependency)."""
+    """Read, validate, produce, and reply 204 or a partial write (auth is the route's
+    dependency)."""
     received_ns = time.time_ns()
     dropped: dict[str, int] = {}
     if not db:
@@ -92,18 +140,26 @@ async def ingest(
         )
     if parser is None and not snappy:
         raise BadRequestError("invalid precision")
+    rp = raw_retention_policy(rp)
     body = await read_body(request, settings.max_body_bytes, snappy=snappy)
+    errors: list[ParseError] = []
     if parser is None:
         keys, lines = decode_write_request(body, dropped)
     else:
-        keys, lines = parser(body, received_ns)
-    writer.reserve(len(body))
-    await writer.write(ParsedWrite(db, rp, keys, lines, received_ns, len(body)), len(body))
+        keys, lines, errors = parser(body, received_ns)
+    if errors and (not lines or not settings.partial_writes):
+        raise BadRequestError(describe_refused(errors))  # nothing is written
+    if lines:
+        writer.reserve(len(body))
+        await writer.write(ParsedWrite(db, rp, keys, lines, received_ns, len(body)), len(body))
     for reason, count in dropped.items():
         metrics.dropped_samples.labels(reason).inc(count)
-    metrics.requests.labels(endpoint.name, "204").inc()
     metrics.points.labels(endpoint.name).inc(len(lines))
     metrics.bytes.labels(endpoint.name).inc(len(body))
+    if errors:
+        metrics.dropped_samples.labels("parse").inc(len(errors))
+        raise PartialWriteError(f"partial write: {describe_refused(errors)} dropped={len(errors)}")
+    metrics.requests.labels(endpoint.name, "204").inc()
     return Response(status_code=204, headers=V1_HEADERS)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from metricsflow.errors import ParseError, SerializationError
+from metricsflow.model.escaping import series_key
 from metricsflow.model.lineprotocol import (
     FIELDS_PATTERN,
     MAX_TIME_NS,
@@ -30,8 +31,8 @@ from metricsflow.model.lineprotocol import (
     MIN_TIME_NS,
     NAME_PATTERN,
     parse_line,
-    series_key,
 )
+from metricsflow.model.lpscan import Limits, split_lines
 from metricsflow.model.point import Unsigned
 
 KIND_FLOAT: Final = 0
@@ -43,6 +44,30 @@ _LINE = (
     r" (-?[0-9]{1,19}+)"
 )
 _RECORD_RE: Final = re.compile(rf"^{_LINE}$", re.MULTILINE)
+RECORD_LIMITS: Final = Limits(
+    max_line_length=2**62,
+    max_tags=2**62,
+    max_fields=2**62,
+    max_tag_value_length=2**62,
+    allow_unsigned=True,
+    min_time_ns=MIN_TIME_NS,
+    max_time_ns=MAX_TIME_NS + 1,
+)
+"""Records are read with InfluxDB's rules only: the gateway's limits applied at the door
+(the pipeline's time range is checked where records enter the worker)."""
+
+
+def record_lines(value: bytes) -> list[bytes]:
+    """The lines of a record value, split as InfluxDB splits a body (a newline inside a
+    quoted string field value does not end a line); blank and comment lines dropped."""
+    if b'"' not in value and b"\\" not in value:
+        parts = value.split(b"\n")
+    else:
+        parts = [
+            ln.encode("utf-8", "surrogateescape")
+            for _n, ln in split_lines(value.decode("utf-8", "surrogateescape"))
+        ]
+    return [ln for ln in parts if ln.strip() and not ln.lstrip().startswith(b"#")]
 
 
 class RecordFormatError(SerializationError):
@@ -83,9 +108,7 @@ class ColumnarChunk:
 
     def lines(self) -> list[bytes]:
         """The record's lines (canonical line protocol, one point each)."""
-        return [
-            ln for ln in self.raw.split(b"\n") if ln.strip() and not ln.lstrip().startswith(b"#")
-        ]
+        return record_lines(self.raw)
 
 
 def _canonical_series(sk: str, lineno: int) -> str:
@@ -228,9 +251,9 @@ def _slow(text: str, raw: bytes, interner: KeyInterner) -> ColumnarChunk:
     k_col: list[int] = []
     non_numeric = 0
     points = 0
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in split_lines(text):
         try:
-            p = parse_line(line, lineno=lineno)
+            p = parse_line(line, lineno=lineno, limits=RECORD_LIMITS)
         except ParseError as exc:
             raise RecordFormatError(
                 exc.reason, line=exc.line, column=exc.column, text=exc.text

@@ -1,47 +1,90 @@
-"""InfluxDB line protocol: an exact parser, a fast canonicalizer, and a serializer.
+"""InfluxDB line protocol, read exactly as InfluxDB 1.x reads it.
 
-Grammar (InfluxDB 1.x ``models/points.go`` and the 2.x reference)::
+Grammar (InfluxDB 1.x ``models/points.go``)::
 
-    line      = measurement ("," tag_key "=" tag_value)* " " field ("," field)* [" " timestamp]
-    field     = field_key "=" value
-    value     = float | integer "i" | unsigned "u" | boolean | '"' string '"'
+    line   = measurement ("," tag_key "=" tag_value)* " " field ("," field)* [" " timestamp]
+    field  = field_key "=" (float | integer "i" | unsigned "u" | boolean | '"' string '"')
 
-* Measurement: ``,`` and space are escaped with ``\\``. Tag keys, tag values, field keys:
-  ``,``, ``=`` and space are escaped. A backslash before any other character is kept
-  literally (as InfluxDB does). String field values escape ``"`` and ``\\``.
-* Floats: ``-?(digits[.digits]|.digits)([eE][+-]?digits)?``; no ``inf``/``nan``.
-  Integers: ``-?digits i`` (int64). Unsigned: ``digits u`` (uint64).
-  Booleans: ``t T true True TRUE f F false False FALSE``.
-* Blank lines and lines starting with ``#`` (after leading blanks) are skipped; CRLF is LF.
-* Deliberate deviation: a raw newline inside a quoted string field value is rejected
-  (InfluxDB 1.x accepts it); canonical line protocol is strictly one point per line.
+The rules that matter, all InfluxDB's (docs/ingestion.md lists them with examples):
 
-Two parsers share this grammar: :func:`parse_line` is the exact, character-by-character
-reference used for every line the fast path does not take and for every error; the fast path
-in :func:`canonicalize` is a strict *subset* regular expression (plain names, numeric and
-boolean values, bounded digits), so it can only accept lines the exact parser accepts.
-Errors raise :class:`~metricsflow.errors.ParseError` with 1-based line and column (in
-characters) and the offending text.
+* **Lines.** A body is split at newlines that are neither inside a quoted field value nor
+  right after a backslash (so a string field may hold a newline). Leading spaces, tabs and
+  NUL bytes are skipped; empty lines and lines starting with ``#`` are skipped. A carriage
+  return is an ordinary byte (so ``\\r\\n`` bodies are refused, as InfluxDB refuses them).
+* **Escapes.** A separator (space, comma, ``=`` in tags) is escaped when the character just
+  before it is a backslash. Names are then unescaped as :mod:`~metricsflow.model.escaping`
+  says (``cpu\\=load`` is measurement ``cpu=load``).
+* **Values.** Numbers as InfluxDB scans them (``1``, ``-1.5``, ``.5``, ``1.``, ``1e5``,
+  ``5i``; digits checked for range only where InfluxDB checks them); booleans ``t T true True
+  TRUE f F false False FALSE``; strings in double quotes with ``\\"`` and ``\\\\``. Unsigned
+  ``5u`` only with ``allow_unsigned`` (InfluxDB 2.x); InfluxDB 1.x refuses them.
+* **Timestamp.** Optional integer in the request's precision; range
+  ``[MinInt64+2, MaxInt64-1]`` ns. A line without one gets the receive time truncated to the
+  precision (InfluxDB's ``SetPrecision``).
+* **Keys.** Tags are sorted by key; duplicate tag keys are refused; the series key may not
+  exceed 65,535 bytes (also with ``4 + len(field key)`` added).
+
+Beyond InfluxDB (a refusal where InfluxDB would store something surprising; each in
+docs/ingestion.md): a tag or field key ``time``; one field key with two types in a line; a
+line that cannot be written back so that InfluxDB reads the same point; the gateway's
+per-line limits (:class:`Limits`).
+
+Output: :func:`canonicalize` returns, per valid line, its *series key* (measurement and sorted
+tags, escaped, see :func:`~metricsflow.model.escaping.series_key`) and its *canonical line*:
+that series key, the field section exactly as the client wrote it, and the timestamp in
+nanoseconds. InfluxDB reads a canonical line as the same point as the original (checked for
+every line off the fast path). Errors are :class:`~metricsflow.errors.ParseError` with the
+1-based line and column and InfluxDB's reason.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from metricsflow.errors import ParseError, SerializationError
-from metricsflow.model.limits import ENGINE_MAX_TIME_NS, ENGINE_MIN_TIME_NS, time_limit_message
-from metricsflow.model.point import (
-    INT64_MAX,
-    INT64_MIN,
-    UINT64_MAX,
-    FieldValue,
-    Point,
-    Tags,
-    Unsigned,
+from metricsflow.model.escaping import (
+    escape_field_key,
+    escape_measurement,
+    escape_string,
+    escape_tag,
+    series_key,
 )
+from metricsflow.model.lpscan import (
+    MAX_TIME_NS,
+    MIN_TIME_NS,
+    Limits,
+    ScannedLine,
+    field_values,
+    scan_point,
+    split_lines,
+)
+from metricsflow.model.point import FieldValue, Point, Unsigned
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MAX_TIME_NS",
+    "MIN_TIME_NS",
+    "PRECISION_V1",
+    "PRECISION_V2",
+    "Canonical",
+    "Limits",
+    "canonical_lines",
+    "canonicalize",
+    "escape_field_key",
+    "escape_key",
+    "escape_measurement",
+    "escape_tag",
+    "format_point",
+    "format_points",
+    "format_value",
+    "parse",
+    "parse_line",
+    "series_key",
+    "split_lines",
+]
 
 PRECISION_V1: Final[dict[str, int]] = {
     "n": 1,
@@ -52,7 +95,7 @@ PRECISION_V1: Final[dict[str, int]] = {
     "m": 60_000_000_000,
     "h": 3_600_000_000_000,
 }
-"""v1 ``/write`` precision names (``ns`` is accepted too, as InfluxDB 1.x does)."""
+"""v1 ``/write`` precision names (``ns`` too: InfluxDB 1.x reads any unknown name as ns)."""
 PRECISION_V2: Final[dict[str, int]] = {
     "ns": 1,
     "us": 1_000,
@@ -61,57 +104,12 @@ PRECISION_V2: Final[dict[str, int]] = {
 }
 """v2 ``/api/v2/write`` precision names."""
 
-_TRUE: Final = frozenset({"t", "T", "true", "True", "TRUE"})
-_FALSE: Final = frozenset({"f", "F", "false", "False", "FALSE"})
-_FLOAT_RE: Final = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_INT_RE: Final = re.compile(r"-?[0-9]+")
-_UINT_RE: Final = re.compile(r"[0-9]+")
-
-_MEAS_ESC: Final = str.maketrans({",": "\\,", " ": "\\ "})
-_KEY_ESC: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
-_STR_ESC: Final = str.maketrans({'"': '\\"', "\\": "\\\\"})
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-line limits; exceeding one is reported like a syntax error (line, column, text)."""
-
-    max_line_length: int = 65_536
-    max_tags: int = 256
-    max_fields: int = 1_024
-    max_key_length: int = 256
-    """Longest measurement, tag key or field key (characters)."""
-    max_tag_value_length: int = 4_096
-    min_time_ns: int = ENGINE_MIN_TIME_NS
-    """Smallest timestamp accepted (see :mod:`metricsflow.model.limits`)."""
-    max_time_ns: int = ENGINE_MAX_TIME_NS
-    """First timestamp refused (exclusive bound)."""
-
-
 DEFAULT_LIMITS: Final = Limits()
-MIN_TIME_NS: Final = INT64_MIN + 2
-"""Smallest timestamp InfluxDB accepts (``models.MinNanoTime``)."""
-MAX_TIME_NS: Final = INT64_MAX - 1
-"""Largest timestamp InfluxDB accepts (``models.MaxNanoTime``)."""
+escape_key = escape_tag
+"""Compatibility name: a tag key or value escaped (see :func:`escape_tag`)."""
 
 
 # --------------------------------------------------------------------------- serializer
-def escape_measurement(name: str) -> str:
-    return name.translate(_MEAS_ESC)
-
-
-def escape_key(name: str) -> str:
-    """Escape a tag key, tag value or field key."""
-    return name.translate(_KEY_ESC)
-
-
-def series_key(measurement: str, tags: Tags) -> str:
-    """``cpu,host=a,region=eu``: measurement plus tags (already sorted), LP-escaped."""
-    parts = [escape_measurement(measurement)]
-    parts.extend(f",{escape_key(k)}={escape_key(v)}" for k, v in tags)
-    return "".join(parts)
-
-
 def format_value(value: FieldValue) -> str:
     """The line protocol literal of a field value."""
     if isinstance(value, bool):
@@ -124,14 +122,14 @@ def format_value(value: FieldValue) -> str:
         if value != value or value in (float("inf"), float("-inf")):
             raise SerializationError(f"line protocol cannot represent the float {value!r}")
         return repr(value)
-    if "\n" in value:
-        raise SerializationError("line protocol cannot represent a newline in a string field")
-    return f'"{value.translate(_STR_ESC)}"'
+    return escape_string(value)
 
 
 def format_point(point: Point) -> str:
-    """Canonical line protocol: sorted tags, sorted fields, timestamp in ns, no newline."""
-    fields = ",".join(f"{escape_key(k)}={format_value(v)}" for k, v in point.fields)
+    """Canonical line protocol of a point built in code: sorted tags and fields, ns time."""
+    fields = ",".join(f"{escape_field_key(k)}={format_value(v)}" for k, v in point.fields)
+    if fields[:1] in ("\t", "\x00"):  # InfluxDB skips blanks before the first field
+        raise SerializationError(f"line protocol cannot represent the field key {fields!r}")
     return f"{series_key(point.measurement, point.tags)} {fields} {point.time_ns}"
 
 
@@ -140,65 +138,13 @@ def format_points(points: Iterable[Point]) -> str:
 
 
 # --------------------------------------------------------------------------- exact parser
-def _unescape(raw: str, specials: str) -> str:
-    if "\\" not in raw:
-        return raw
-    out: list[str] = []
-    i, n = 0, len(raw)
-    while i < n:
-        c = raw[i]
-        if c == "\\" and i + 1 < n and raw[i + 1] in specials:
-            out.append(raw[i + 1])
-            i += 2
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
-def _scan(line: str, i: int, stops: str) -> int:
-    """Index of the first unescaped char in ``stops`` at or after ``i`` (or len)."""
-    n = len(line)
-    while i < n:
-        c = line[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c in stops:
-            return i
-        i += 1
-    return n
-
-
-def _parse_value(raw: str, key: str, lineno: int, col: int) -> FieldValue:
-    if _FLOAT_RE.fullmatch(raw):
-        value = float(raw)
-        if value in (float("inf"), float("-inf")):
-            raise ParseError(
-                f"float value out of range for field '{key}'", line=lineno, column=col, text=raw
-            )
-        return value
-    last = raw[-1]
-    if last == "i" and _INT_RE.fullmatch(raw, 0, len(raw) - 1):
-        ivalue = int(raw[:-1])
-        if not INT64_MIN <= ivalue <= INT64_MAX:
-            raise ParseError(
-                f"integer value out of range for field '{key}'", line=lineno, column=col, text=raw
-            )
-        return ivalue
-    if last == "u" and _UINT_RE.fullmatch(raw, 0, len(raw) - 1):
-        uvalue = int(raw[:-1])
-        if uvalue > UINT64_MAX:
-            raise ParseError(
-                f"unsigned value out of range for field '{key}'", line=lineno, column=col, text=raw
-            )
-        return Unsigned(uvalue)
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ParseError(
-        f"invalid field value '{raw}' for field '{key}'", line=lineno, column=col, text=raw
+def _to_point(scanned: ScannedLine, lineno: int, limits: Limits) -> Point:
+    values = field_values(scanned, lineno, limits)
+    return Point(
+        scanned.measurement,
+        tuple(sorted(scanned.tags)),
+        tuple(sorted(values.items())),
+        scanned.time_ns,
     )
 
 
@@ -208,146 +154,22 @@ def parse_line(
     lineno: int = 1,
     precision_factor: int = 1,
     default_time_ns: int | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
 ) -> Point | None:
     """Parse one line exactly; ``None`` for a blank or comment line.
 
     The timestamp is multiplied by ``precision_factor``; a missing one becomes
-    ``default_time_ns`` (an error when that is ``None``).
+    ``default_time_ns`` truncated to the precision (an error when that is ``None``).
     """
-
-    def err(msg: str, col0: int, text: str) -> ParseError:
-        return ParseError(msg, line=lineno, column=col0 + 1, text=text)
-
-    if line.endswith("\r"):
-        line = line[:-1]
-    if len(line) > limits.max_line_length:
-        raise err(f"line longer than {limits.max_line_length} characters", 0, line[:40])
-    start = len(line) - len(line.lstrip(" \t"))
-    if start == len(line) or line[start] == "#":
-        return None
-    # measurement
-    i = _scan(line, start, ", ")
-    raw_meas = line[start:i]
-    if not raw_meas:
-        raise err("missing measurement", start, line[start : start + 20])
-    measurement = _unescape(raw_meas, ", ")
-    if len(measurement) > limits.max_key_length:
-        raise err(f"measurement longer than {limits.max_key_length}", start, raw_meas[:40])
-    # tags
-    tags: dict[str, str] = {}
-    n = len(line)
-    while i < n and line[i] == ",":
-        kstart = i + 1
-        j = _scan(line, kstart, ",= ")
-        raw_key = line[kstart:j]
-        if not raw_key:
-            raise err("missing tag key", kstart, line[kstart : kstart + 20])
-        if j >= n or line[j] != "=":
-            raise err(f"missing tag value for tag '{raw_key}'", kstart, raw_key)
-        vstart = j + 1
-        i = _scan(line, vstart, ",= ")
-        if i < n and line[i] == "=":
-            raise err(f"unescaped '=' in tag value for tag '{raw_key}'", i, line[vstart : i + 1])
-        raw_val = line[vstart:i]
-        if not raw_val:
-            raise err(f"missing tag value for tag '{raw_key}'", vstart, raw_key + "=")
-        key = _unescape(raw_key, ",= ")
-        if len(key) > limits.max_key_length:
-            raise err(f"tag key longer than {limits.max_key_length}", kstart, raw_key[:40])
-        if len(raw_val) > limits.max_tag_value_length:
-            raise err(f"tag value longer than {limits.max_tag_value_length}", vstart, raw_val[:40])
-        if key in tags:
-            raise err(f"duplicate tag key '{key}'", kstart, raw_key)
-        tags[key] = _unescape(raw_val, ",= ")
-        if len(tags) > limits.max_tags:
-            raise err(f"more than {limits.max_tags} tags", kstart, raw_key)
-    # separator
-    if i >= n:
-        raise err("missing fields", i, line[start:i][-20:])
-    while i < n and line[i] == " ":
-        i += 1
-    if i >= n:
-        raise err("missing fields", i, "")
-    # fields
-    fields: dict[str, FieldValue] = {}
-    while True:
-        kstart = i
-        j = _scan(line, kstart, ",= ")
-        raw_key = line[kstart:j]
-        if not raw_key:
-            raise err("missing field key", kstart, line[kstart : kstart + 20])
-        if j >= n or line[j] != "=":
-            raise err(f"missing field value for field '{raw_key}'", kstart, raw_key)
-        key = _unescape(raw_key, ",= ")
-        if len(key) > limits.max_key_length:
-            raise err(f"field key longer than {limits.max_key_length}", kstart, raw_key[:40])
-        vstart = j + 1
-        if vstart < n and line[vstart] == '"':
-            k = vstart + 1
-            while k < n and line[k] != '"':
-                k += 2 if line[k] == "\\" else 1
-            if k >= n:
-                raise err(
-                    f"unterminated string field value for field '{key}'",
-                    vstart,
-                    line[vstart : vstart + 40],
-                )
-            raw_str = line[vstart + 1 : k]
-            value: FieldValue = _unescape(raw_str, '"\\')
-            i = k + 1
-            if i < n and line[i] not in ", ":
-                raise err(f"invalid field value for field '{key}'", vstart, line[vstart : i + 1])
-        else:
-            i = _scan(line, vstart, ", ")
-            raw_val = line[vstart:i]
-            if not raw_val:
-                raise err(f"missing field value for field '{key}'", vstart, raw_key + "=")
-            value = _parse_value(raw_val, key, lineno, vstart + 1)
-        fields[key] = value
-        if len(fields) > limits.max_fields:
-            raise err(f"more than {limits.max_fields} fields", kstart, raw_key)
-        if i < n and line[i] == ",":
-            i += 1
-            continue
-        break
-    # timestamp
-    while i < n and line[i] == " ":
-        i += 1
-    end = len(line.rstrip(" \t"))
-    if i >= end:
-        if default_time_ns is None:
-            raise err("missing timestamp", i, "")
-        time_ns = default_time_ns
-    else:
-        raw_ts = line[i:end]
-        if not _INT_RE.fullmatch(raw_ts):
-            raise err(f"invalid timestamp '{raw_ts}'", i, raw_ts)
-        time_ns = int(raw_ts) * precision_factor
-        if not limits.min_time_ns <= time_ns < limits.max_time_ns:
-            raise err(
-                time_limit_message(time_ns, limits.min_time_ns, limits.max_time_ns), i, raw_ts
-            )
-    return Point(measurement, tuple(sorted(tags.items())), tuple(sorted(fields.items())), time_ns)
-
-
-def _decode_utf8(body: bytes) -> str:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        before = body[: exc.start]
-        lineno = before.count(b"\n") + 1
-        line_start = before.rfind(b"\n") + 1
-        col = len(before[line_start:].decode("utf-8", "replace")) + 1
-        bad = body[exc.start : exc.start + 4]
-        raise ParseError("invalid UTF-8", line=lineno, column=col, text=repr(bad)) from None
-
-
-def split_lines(body: bytes | str) -> list[str]:
-    text = _decode_utf8(body) if isinstance(body, bytes) else body
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    return text.split("\n")
+    lim = limits or DEFAULT_LIMITS
+    scanned = scan_point(
+        line,
+        lineno=lineno,
+        precision_factor=precision_factor,
+        default_time_ns=default_time_ns,
+        limits=lim,
+    )
+    return None if scanned is None else _to_point(scanned, lineno, lim)
 
 
 def parse(
@@ -355,51 +177,66 @@ def parse(
     *,
     precision_factor: int = 1,
     default_time_ns: int | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
 ) -> list[Point]:
     """Parse a whole body exactly; the first bad line raises :class:`ParseError`."""
+    lim = limits or DEFAULT_LIMITS
     points: list[Point] = []
-    for n, line in enumerate(split_lines(body), 1):
+    for lineno, block in split_lines(_decode(body)[0]):
         p = parse_line(
-            line,
-            lineno=n,
+            block,
+            lineno=lineno,
             precision_factor=precision_factor,
             default_time_ns=default_time_ns,
-            limits=limits,
+            limits=lim,
         )
         if p is not None:
             points.append(p)
     return points
 
 
-# --------------------------------------------------------------------------- fast canonicalizer
-# A strict subset of the grammar, written for the C regex engine: no escapes, no quotes,
-# bounded digits (no overflow possible), possessive/atomic so it never backtracks far.
+# --------------------------------------------------------------------------- canonicalizer
+@dataclass(slots=True)
+class Canonical:
+    """The valid lines of a body (``series_keys[i]`` is the key of ``lines[i]``) and the
+    errors of the refused ones, in body order."""
+
+    series_keys: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    errors: list[ParseError] = field(default_factory=list)
+
+    def raise_first(self) -> None:
+        """All or nothing: raise the first error, if any."""
+        if self.errors:
+            raise self.errors[0]
+
+
+# A strict subset of the grammar, for the C regex engine: no escapes, no quotes, no leading
+# blanks, plain numbers with bounded digits (no range check needed), no unsigned. A line it
+# matches is read by InfluxDB exactly as the fast path reads it.
 NAME_PATTERN: Final = r'[^ ,="\\\n]+'
 NUM_PATTERN: Final = (
     r"(?>-?(?:[0-9]{1,15}+(?:\.[0-9]{0,17}+)?|\.[0-9]{1,17}+)(?:[eE][+-]?[0-9]{1,2}+)?+(?![iu0-9])"
-    r"|-?[0-9]{1,18}+i|[0-9]{1,19}+u|t(?:rue)?|T(?:rue|RUE)?|f(?:alse)?|F(?:alse|ALSE)?)"
+    r"|-?[0-9]{1,18}+i|t(?:rue)?|T(?:rue|RUE)?|f(?:alse)?|F(?:alse|ALSE)?)(?=[ ,]|$)"
 )
-MEASUREMENT_PATTERN: Final = r'[^ \t,="\\#\n][^ ,"\\\n]*+'
-FIELDS_PATTERN: Final = rf"{NAME_PATTERN}={NUM_PATTERN}(?:,{NAME_PATTERN}={NUM_PATTERN})*+"
+FIELD_KEY_PATTERN: Final = r'[^ ,="\\\n\t\x00][^ ,="\\\n]*+'
+MEASUREMENT_PATTERN: Final = r'[^ \t,"\\#\n\x00][^ ,"\\\n]*+'
+FIELDS_PATTERN: Final = rf"{FIELD_KEY_PATTERN}={NUM_PATTERN}(?:,{NAME_PATTERN}={NUM_PATTERN})*+"
 _FAST_BODY: Final = (
     rf"({MEASUREMENT_PATTERN})((?:,{NAME_PATTERN}={NAME_PATTERN})*+) ({FIELDS_PATTERN})"
-    r"(?: (-?[0-9]{1,19}+))?"
+    r"(?: (-?[1-9][0-9]{0,18}+|0))?"
 )
 _FAST_RE: Final = re.compile(_FAST_BODY)
-_FAST_ALL_RE: Final = re.compile(rf"^({_FAST_BODY})$", re.MULTILINE)
-
-
-def _field_key(pair: str) -> str:
-    return pair[: pair.index("=")]
-
+_FAST_MAX_LINE: Final = 16_000
+"""Longer lines take the exact path (its byte-length checks of the 65,535-byte key limit)."""
 
 _TAG_CACHE_SIZE: Final = 200_000
 _TAG_CACHE: dict[str, str | None] = {}
-"""Fast-path tag sections (``,k=v,...``) -> their sorted form (``None``: duplicate keys).
+"""Fast-path tag sections (``,k=v,...``) -> their sorted form (``None``: duplicate keys)."""
 
-Series repeat, so most lines skip splitting and sorting their tags; bounded (cleared when
-full). Only plain (escape-free) tag sections from the fast path are cached."""
+
+def _tag_key(pair: str) -> str:
+    return pair[: pair.index("=")]
 
 
 def _sorted_tags(tagstr: str) -> str | None:
@@ -411,7 +248,18 @@ def _sorted_tags(tagstr: str) -> str | None:
         return None
     if keys == sorted(keys):
         return tagstr
-    return "," + ",".join(sorted(tagstr[1:].split(","), key=_field_key))
+    return "," + ",".join(sorted(tagstr[1:].split(","), key=_tag_key))
+
+
+def _fast_fields_ok(fieldstr: str, max_fields: int) -> bool:
+    """No field key twice with two types (InfluxDB drops such a point), within the limit."""
+    if "," not in fieldstr:
+        return True
+    pairs = fieldstr.split(",")
+    if len(pairs) > max_fields:
+        return False
+    keys = [p[: p.index("=")] for p in pairs]
+    return len(set(keys)) == len(keys)  # duplicates: the exact path checks their types
 
 
 def canonicalize(
@@ -419,53 +267,49 @@ def canonicalize(
     *,
     precision_factor: int = 1,
     default_time_ns: int,
-    limits: Limits = DEFAULT_LIMITS,
-) -> tuple[list[str], list[str]]:
-    """Validate a whole body and return ``(series_keys, canonical_lines)``, one per point.
+    limits: Limits | None = None,
+) -> Canonical:
+    """Validate every line of a body; return the valid ones canonical and the errors.
 
-    A canonical line has sorted tags, sorted fields and a nanosecond timestamp; it is the
-    input line itself when that already is canonical (no copy). All or nothing: the first
-    bad line raises :class:`ParseError`.
+    A canonical line is the series key, the client's field section and the timestamp in ns
+    (the input line itself when it already is that). A line without a timestamp gets
+    ``default_time_ns`` truncated to the precision.
     """
-    text = _decode_utf8(body) if isinstance(body, bytes) else body
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    text = text.rstrip("\n")
-    lines = text.split("\n")
-    rows: list[tuple[str, str, str, str, str]] | list[tuple[str, str, str, str, str] | None]
-    rows = _FAST_ALL_RE.findall(text)
-    if len(rows) != len(lines):
-        fast = _FAST_RE.fullmatch
-        rows = []
-        for line in lines:
-            m = fast(line)
-            rows.append(None if m is None else (line, *m.groups()))  # type: ignore[arg-type]
-    keys: list[str] = []
-    out: list[str] = []
-    max_len = limits.max_line_length
-    max_tags = limits.max_tags
-    max_fields = limits.max_fields
-    max_key = limits.max_key_length
-    max_tval = limits.max_tag_value_length
-    short = min(max_key, max_tval, max_len)
-    min_time, max_time = limits.min_time_ns, limits.max_time_ns
+    lim = limits or DEFAULT_LIMITS
+    text, invalid_utf8 = _decode(body)
+    out = Canonical()
+    keys = out.series_keys
+    lines_out = out.lines
+    truncated_default = default_time_ns - default_time_ns % precision_factor
+    if '"' in text or "\\" in text:
+        blocks = split_lines(text)
+    else:
+        blocks = list(enumerate(text.split("\n"), 1))
+    max_tags = lim.max_tags
+    max_fields = lim.max_fields
+    # lines this short cannot break the key, tag value or line limits: only the exact path
+    # measures them
+    max_line = min(
+        lim.max_line_length, _FAST_MAX_LINE, lim.max_key_length // 4 - 4, lim.max_tag_value_length
+    )
     tag_cache = _TAG_CACHE
-    for lineno, row in enumerate(rows, 1):
-        if row is not None:
-            line, meas, tagstr, fieldstr, ts = row
-            ok = True
+    fast = _FAST_RE.fullmatch
+    min_time, max_time = lim.min_time_ns, lim.max_time_ns
+    for lineno, line in blocks:
+        m = (
+            fast(line)
+            if len(line) <= max_line
+            and ",time=" not in line
+            and " time=" not in line
+            and not invalid_utf8
+            else None
+        )
+        if m is not None:
+            meas, tagstr, fieldstr, ts = m.groups()
             canonical = True
             sk = meas + tagstr
-            if len(line) > short:  # only long lines can break a length limit
-                kv = (tagstr[1:].replace("=", ",").split(",") if tagstr else []) + [meas]
-                ok = (
-                    len(line) <= max_len
-                    and max(map(len, kv[::2])) <= max_key
-                    and max(map(len, kv[1::2]), default=0) <= max_tval
-                    and len(meas) <= max_key
-                    and max(map(len, fieldstr.replace("=", ",").split(",")[::2])) <= max_key
-                )
-            if ok and tagstr:
+            ok = True
+            if tagstr:
                 suffix = tag_cache.get(tagstr, "")
                 if suffix == "":
                     suffix = _sorted_tags(tagstr)
@@ -477,18 +321,9 @@ def canonicalize(
                 elif suffix != tagstr:
                     canonical = False
                     sk = meas + suffix
-            if ok and "," in fieldstr:
-                fkeys = fieldstr.replace("=", ",").split(",")[::2]
-                if len(fkeys) > max_fields or len(set(fkeys)) != len(fkeys):
-                    ok = False
-                elif fkeys != sorted(fkeys):
-                    pairs = fieldstr.split(",")
-                    pairs.sort(key=_field_key)
-                    fieldstr = ",".join(pairs)
-                    canonical = False
-            if ok:
+            if ok and _fast_fields_ok(fieldstr, max_fields):
                 if not ts:
-                    time_ns = default_time_ns
+                    time_ns = truncated_default
                     canonical = False
                 elif precision_factor == 1:
                     time_ns = int(ts)
@@ -497,25 +332,70 @@ def canonicalize(
                     canonical = False
                 if min_time <= time_ns < max_time:
                     keys.append(sk)
-                    out.append(line if canonical else f"{sk} {fieldstr} {time_ns}")
+                    lines_out.append(line if canonical else f"{sk} {fieldstr} {time_ns}")
                     continue
         # exact path: anything unusual, and every error
-        line = lines[lineno - 1]
-        p = parse_line(
-            line,
-            lineno=lineno,
-            precision_factor=precision_factor,
-            default_time_ns=default_time_ns,
-            limits=limits,
+        try:
+            scanned = scan_point(
+                line,
+                lineno=lineno,
+                precision_factor=precision_factor,
+                default_time_ns=default_time_ns,
+                limits=lim,
+            )
+            if scanned is None:
+                continue
+            field_values(scanned, lineno, lim)
+            canonical_line = _write_back(scanned, lineno, precision_factor, lim)
+        except ParseError as exc:
+            out.errors.append(exc)
+            continue
+        keys.append(scanned.series_key)
+        lines_out.append(canonical_line)
+    return out
+
+
+def _write_back(scanned: ScannedLine, lineno: int, precision_factor: int, limits: Limits) -> str:
+    """The canonical line of ``scanned``, verified to read back as the same point."""
+    try:
+        sk = scanned.series_key
+    except SerializationError as exc:  # pragma: no cover - names read from a line round-trip
+        raise ParseError(str(exc), line=lineno, column=1, text=scanned.text[:40]) from None
+    line = f"{sk}{scanned.separator}{scanned.fields} {scanned.time_ns}"
+    again: ScannedLine | None
+    try:
+        if "\n" in line and split_lines(line) != [(1, line)]:
+            again = None
+        else:
+            again = scan_point(line, lineno=lineno, limits=limits)
+    except ParseError:
+        again = None
+    if (
+        again is None
+        or again.measurement != scanned.measurement
+        or sorted(again.tags) != sorted(scanned.tags)
+        or again.time_ns != scanned.time_ns
+        or field_values(again, lineno, limits) != field_values(scanned, lineno, limits)
+    ):
+        raise ParseError(
+            "the line cannot be written back so that InfluxDB reads the same point "
+            "(ambiguous escaping)",
+            line=lineno,
+            column=1,
+            text=scanned.text[:80],
         )
-        if p is not None:
-            sk = series_key(p.measurement, p.tags)
-            keys.append(sk)
-            try:
-                out.append(format_point(p))
-            except SerializationError as exc:
-                raise ParseError(str(exc), line=lineno, column=1, text=line[:40]) from None
-    return keys, out
+    return line
+
+
+def _decode(body: bytes | str) -> tuple[str, bool]:
+    """The body as text and whether it holds invalid UTF-8 (kept as lone surrogates, which
+    the exact scanner refuses line by line)."""
+    if isinstance(body, str):
+        return body, False
+    try:
+        return body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return body.decode("utf-8", "surrogateescape"), True
 
 
 def canonical_lines(points: Sequence[Point]) -> tuple[list[str], list[str]]:

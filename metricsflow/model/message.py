@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from metricsflow.errors import ParseError, SerializationError
-from metricsflow.model.columnar import ColumnarChunk, RecordFormatError, decode_columnar
-from metricsflow.model.lineprotocol import format_point, parse_line, series_key
+from metricsflow.model.columnar import (
+    RECORD_LIMITS,
+    ColumnarChunk,
+    RecordFormatError,
+    decode_columnar,
+)
+from metricsflow.model.escaping import series_key
+from metricsflow.model.lineprotocol import format_point, parse_line
+from metricsflow.model.lpscan import split_lines
 from metricsflow.model.point import Point
 
 FORMAT_LP1: Final = "lp1"
@@ -173,9 +180,9 @@ def decode_points(value: bytes) -> list[Point]:
     except UnicodeDecodeError as exc:
         raise SerializationError(f"record is not UTF-8 at byte {exc.start}") from None
     points: list[Point] = []
-    for n, line in enumerate(text.split("\n"), 1):
+    for n, line in split_lines(text):
         try:
-            p = parse_line(line, lineno=n)
+            p = parse_line(line, lineno=n, limits=RECORD_LIMITS)
         except ParseError as exc:
             raise RecordFormatError(
                 exc.reason, line=exc.line, column=exc.column, text=exc.text

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from metricsflow.model.escaping import series_key
+
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 UINT64_MAX: Final = 2**64 - 1
@@ -66,9 +68,7 @@ class Point:
 
     @property
     def series_key(self) -> str:
-        """Measurement and sorted tags, escaped as line protocol escapes them."""
-        from metricsflow.model.lineprotocol import series_key
-
+        """Measurement and tags sorted by escaped key, escaped as line protocol escapes them."""
         return series_key(self.measurement, self.tags)
 
 

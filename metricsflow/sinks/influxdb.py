@@ -58,6 +58,7 @@ from tenacity import (
 )
 
 from metricsflow.errors import ConfigurationError, MetricsflowError
+from metricsflow.model.columnar import record_lines
 from metricsflow.model.tiers import DEFAULT_TIERS, RAW_TIER, TierSpec
 from metricsflow.runtime.records import AggregateBatch, RawLinesBatch
 from metricsflow.sinks.base import Sink, SinkStats
@@ -243,7 +244,7 @@ class InfluxDBSink(Sink):
                 reason="database_not_allowed",
                 status=0,
                 error=f"database {db!r} is not allowed by the allow-list",
-                lines=chunk.split(b"\n"),
+                lines=record_lines(chunk),
             )
             return
         cfg = self.config
@@ -428,7 +429,7 @@ class InfluxDBSink(Sink):
         except DatabaseRefusedError as exc:
             # InfluxDB refused for good to create the database or its retention policies
             # (an invalid name, say): its lines are dead letters, the job goes on.
-            lines = [ln for _, data, _ in request.chunks for ln in data.split(b"\n") if ln]
+            lines = [ln for _, data, _ in request.chunks for ln in record_lines(data)]
             self.stats.add_dead_letters("database_refused", len(lines))
             self.dead_letters.write(
                 db=request.db,
@@ -486,7 +487,8 @@ class InfluxDBSink(Sink):
             self.stats.points_written += max(0, points - beyond)
             self._beyond_retention(rp, beyond)
             return
-        lines = [(kg, ln, 1) for kg, data, _ in sent for ln in data.split(b"\n") if ln]
+        # record_lines: a string field value may hold a newline
+        lines = [(kg, ln, 1) for kg, data, _ in sent for ln in record_lines(data)]
         if len(lines) <= 1:
             reason = classify_rejection(error)
             self.stats.add_dead_letters(reason, len(lines))

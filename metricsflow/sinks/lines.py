@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from metricsflow.model.lineprotocol import escape_key
+from metricsflow.model.escaping import escape_field_key as escape_key
 from metricsflow.runtime.records import AggregateBatch, split_window_key
 
 

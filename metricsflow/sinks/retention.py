@@ -19,6 +19,8 @@ import time
 
 import orjson
 
+from metricsflow.model.columnar import record_lines
+
 logger = logging.getLogger(__name__)
 
 _RETENTION_ONLY = re.compile(r"partial write: points beyond retention policy dropped=(\d+)")
@@ -44,7 +46,7 @@ def drop_beyond_retention(body: bytes, cutoff_ns: int) -> tuple[bytes, int, int]
     Returns ``(body of the kept lines, kept lines, dropped lines)``. A line whose last token is
     not an integer timestamp is kept (InfluxDB judges it, and rejects it with its own error).
     """
-    lines = body.split(b"\n")
+    lines = record_lines(body)  # a string field value may hold a newline
     kept: list[bytes] = []
     dropped = 0
     for line in lines:

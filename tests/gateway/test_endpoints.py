@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
 
 import cramjam
@@ -15,14 +16,14 @@ from hypothesis import strategies as st
 
 from gateway.remote_write import WriteRequest
 from metricsflow.errors import ParseError
-from metricsflow.model.lineprotocol import parse_line
+from metricsflow.model.lineprotocol import parse_line, split_lines
 from metricsflow.model.point import Point, Unsigned
 from tests.gateway.conftest import GatewayFactory, read_topic
 
 pytestmark = pytest.mark.integration
 
 
-async def test_a_bad_line_rejects_the_whole_request_naming_line_column_and_text(
+async def test_bad_lines_are_a_partial_write_naming_line_column_and_reason(
     topic_factory, gateway_factory: GatewayFactory, kafka_broker
 ) -> None:
     topic = await topic_factory(partitions=2)
@@ -31,12 +32,20 @@ async def test_a_bad_line_rejects_the_whole_request_naming_line_column_and_text(
         r = await client.post("/write?db=x", content=b"m v=1 1\nm v=2 2\ncpu,host=a v=abc 3")
         assert r.status_code == 400
         assert r.json() == {
-            "error": "line 3, column 14: invalid field value 'abc' for field 'v' (text: 'abc')"
+            "error": "partial write: unable to parse 'cpu,host=a v=abc 3': invalid boolean "
+            "(line 3, column 14) dropped=1"
         }
+        # v2's error shape; a body with no valid line writes nothing, as InfluxDB
         r2 = await client.post("/api/v2/write?bucket=x", content=b"m,a v=1")
         assert r2.status_code == 400
-        assert r2.json()["code"] == "invalid"
-        assert r2.json()["message"].startswith("line 1, column 3: missing tag value")
+        assert r2.json() == {
+            "code": "invalid",
+            "message": "unable to parse 'm,a v=1': missing tag value (line 1, column 4)",
+        }
+        r3 = await client.post("/api/v2/write?bucket=x", content=b"n v=1 1\nn v=x 2")
+        assert r3.json()["code"] == "invalid"
+        assert r3.json()["message"].startswith("partial write: unable to parse 'n v=x 2'")
+        assert r3.json()["message"].endswith(" dropped=1")
         assert (await client.post("/write", content=b"m v=1")).json() == {
             "error": "database is required"
         }
@@ -46,8 +55,38 @@ async def test_a_bad_line_rejects_the_whole_request_naming_line_column_and_text(
         assert (
             await client.post("/api/v2/write?bucket=x&precision=h", content=b"m v=1")
         ).status_code == 400
-        ok = await client.post("/write?db=x", content=b"ok v=1 1")
-        assert ok.status_code == 204
+        # retention policies: raw, autogen or none mean the raw tier; others are refused
+        for rp in ("raw", "autogen", ""):
+            ok = await client.post(f"/write?db=x&rp={rp}", content=f"rp{rp} v=1 1".encode())
+            assert ok.status_code == 204, ok.text
+        for query in ("/write?db=x&rp=weekly", "/api/v2/write?bucket=x/weekly"):
+            nope = await client.post(query, content=b"m v=1 1")
+            assert nope.status_code == 400
+            assert "retention policy not found: weekly" in nope.text
+        tier = await client.post("/write?db=x&rp=1h", content=b"m v=1 1")
+        assert "retention policy not found: 1h (it holds a downsampled tier" in tier.text
+    records = await read_topic(kafka_broker.bootstrap, topic, min_points=6, timeout_s=5)
+    assert sorted(p.measurement for r in records for p in r.points) == [
+        "m",
+        "m",
+        "n",
+        "rp",
+        "rpautogen",
+        "rpraw",
+    ]
+
+
+async def test_strict_mode_writes_nothing_of_a_request_with_a_bad_line(
+    topic_factory, gateway_factory: GatewayFactory, kafka_broker
+) -> None:
+    topic = await topic_factory(partitions=1)
+    gw = gateway_factory(topic, partial_writes="false")
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        r = await client.post("/write?db=x", content=b"m v=1 1\nm v=bad 2\nm v=3 3")
+        assert r.json() == {
+            "error": "unable to parse 'm v=bad 2': invalid boolean (line 2, column 5)"
+        }
+        assert (await client.post("/write?db=x", content=b"ok v=1 1")).status_code == 204
     records = await read_topic(kafka_broker.bootstrap, topic, min_points=1, timeout_s=5)
     assert [p.measurement for r in records for p in r.points] == ["ok"]
 
@@ -213,13 +252,14 @@ async def test_ping_health_and_metrics_answer_like_the_apis_they_imitate(
     assert "gateway_kafka_produce_seconds_bucket" in text
 
 
-def _first_bad_line(body: str) -> int | None:
-    for n, line in enumerate(body.replace("\r\n", "\n").split("\n"), 1):
+def _refused_lines(body: str) -> list[int]:
+    refused = []
+    for n, line in split_lines(body):
         try:
-            parse_line(line, default_time_ns=0)
+            parse_line(line, default_time_ns=1)
         except ParseError:
-            return n
-    return None
+            refused.append(n)
+    return refused
 
 
 chars = st.sampled_from([*list('ab=, "\\1.0-9eiu#\tT\n'), "é", "\r"])
@@ -234,7 +274,7 @@ bodies = st.one_of(
 )
 
 
-async def test_random_and_mutated_bodies_never_get_a_5xx_and_every_400_names_the_first_bad_line(
+async def test_random_and_mutated_bodies_never_get_a_5xx_and_every_400_names_the_bad_lines(
     topic_factory, gateway_factory: GatewayFactory
 ) -> None:
     topic = await topic_factory()
@@ -246,11 +286,15 @@ async def test_random_and_mutated_bodies_never_get_a_5xx_and_every_400_names_the
     def check(body: str) -> None:
         r = client.post("/write?db=fuzz", content=body.encode())
         assert r.status_code in (204, 400), r.text
-        bad = _first_bad_line(body)
-        if r.status_code == 400:
-            assert r.json()["error"].startswith(f"line {bad}, column "), (body, r.text)
-        else:
-            assert bad is None
+        refused = _refused_lines(body)
+        if r.status_code == 204:
+            assert refused == [], (body, r.text)
+            return
+        error = r.json()["error"]
+        named = [int(n) for n in re.findall(r"\(line (\d+), column \d+\)", error)]
+        assert named == refused[:20], (body, error)
+        if error.startswith("partial write: "):
+            assert error.endswith(f" dropped={len(refused)}")
 
     with client:
         check()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from influxdb_client import InfluxDBClient, WriteOptions
 
-from metricsflow.model.lineprotocol import parse
+from metricsflow.model.lineprotocol import Limits, parse
 from metricsflow.model.point import Point
 from tests.gateway.conftest import GatewayFactory, TopicRecord, read_topic
 
@@ -120,14 +120,14 @@ async def test_influxdb_client_v2_batching_writes_arrive_in_kafka_decoded_equal(
     topic_factory, gateway_factory: GatewayFactory, kafka_broker
 ) -> None:
     topic = await topic_factory(partitions=5)
-    gw = gateway_factory(topic, tokens="tok")
+    gw = gateway_factory(topic, tokens="tok", influxdb_generation="2")  # 2.x takes `5u`
     lines = [
         f"mem,host=h{i % 11},dc=fra used_percent={i / 3!r},total={i}u,"
         f"ok={'true' if i % 2 else 'false'}"
         f',note="n \\"{i}\\"" {1_700_000_000_000_000_000 + i * 1_000}'
         for i in range(1_000)
     ]
-    sent = parse("\n".join(lines))
+    sent = parse("\n".join(lines), limits=Limits(allow_unsigned=True))
     errors: list[object] = []
     with InfluxDBClient(url=gw.url, token="tok", org="acme") as client:
         options = WriteOptions(batch_size=300, flush_interval=100, max_retries=0)
