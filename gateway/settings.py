@@ -92,8 +92,10 @@ class GatewaySettings(BaseSettings):
             "nothing is written."
         ),
     )
-    influxdb_generation: Literal[1, 2] = Field(
+    influxdb_generation: int = Field(
         default=1,
+        ge=1,
+        le=2,
         description=(
             "The InfluxDB generation the workers write to. 1: unsigned integer fields (`5u`) "
             "are refused, as InfluxDB 1.x refuses them; 2: they are accepted."

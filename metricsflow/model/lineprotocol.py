@@ -227,6 +227,8 @@ _FAST_BODY: Final = (
     r"(?: (-?[1-9][0-9]{0,18}+|0))?"
 )
 _FAST_RE: Final = re.compile(_FAST_BODY)
+_FAST_ALL_RE: Final = re.compile(rf"^({_FAST_BODY})$", re.MULTILINE)
+_FIELD_KEYS_RE: Final = re.compile(r"(?:^|,)([^=]*)=")
 _FAST_MAX_LINE: Final = 16_000
 """Longer lines take the exact path (its byte-length checks of the 65,535-byte key limit)."""
 
@@ -255,10 +257,9 @@ def _fast_fields_ok(fieldstr: str, max_fields: int) -> bool:
     """No field key twice with two types (InfluxDB drops such a point), within the limit."""
     if "," not in fieldstr:
         return True
-    pairs = fieldstr.split(",")
-    if len(pairs) > max_fields:
+    keys = _FIELD_KEYS_RE.findall(fieldstr)
+    if len(keys) > max_fields:
         return False
-    keys = [p[: p.index("=")] for p in pairs]
     return len(set(keys)) == len(keys)  # duplicates: the exact path checks their types
 
 
@@ -281,10 +282,8 @@ def canonicalize(
     keys = out.series_keys
     lines_out = out.lines
     truncated_default = default_time_ns - default_time_ns % precision_factor
-    if '"' in text or "\\" in text:
-        blocks = split_lines(text)
-    else:
-        blocks = list(enumerate(text.split("\n"), 1))
+    plain = '"' not in text and "\\" not in text
+    blocks = list(enumerate(text.split("\n"), 1)) if plain else split_lines(text)
     max_tags = lim.max_tags
     max_fields = lim.max_fields
     # lines this short cannot break the key, tag value or line limits: only the exact path
@@ -295,17 +294,23 @@ def canonicalize(
     tag_cache = _TAG_CACHE
     fast = _FAST_RE.fullmatch
     min_time, max_time = lim.min_time_ns, lim.max_time_ns
+    fast_ok = not invalid_utf8 and ",time=" not in text and " time=" not in text
+    rows: list[tuple[str, str, str, str, str]] | None = None
+    if plain and fast_ok and len(text) > 200:
+        # one C-level pass over the whole body; used when every line is in the subset
+        found = _FAST_ALL_RE.findall(text)
+        if len(found) == len(blocks):
+            rows = found
     for lineno, line in blocks:
-        m = (
-            fast(line)
-            if len(line) <= max_line
-            and ",time=" not in line
-            and " time=" not in line
-            and not invalid_utf8
-            else None
-        )
-        if m is not None:
-            meas, tagstr, fieldstr, ts = m.groups()
+        groups: tuple[str, ...] | None = None
+        if rows is not None:
+            groups = rows[lineno - 1][1:]
+        elif len(line) <= max_line and fast_ok:
+            m = fast(line)
+            if m is not None:
+                groups = m.groups("")
+        if groups is not None and len(line) <= max_line:
+            meas, tagstr, fieldstr, ts = groups
             canonical = True
             sk = meas + tagstr
             ok = True
