@@ -5,7 +5,7 @@ rejects the whole request before anything is produced). :class:`~gateway.produce
 groups its lines by partition, produces them as ``lp1`` records (docs/message-format.md) and
 returns only when Kafka acknowledged every record (``acks=all``), or raises one of the
 :class:`RequestError` subclasses below. Routes and dependencies raise them; the app's one
-exception handler (:func:`gateway.responses.request_error_response`) turns them into the
+exception handler (:func:`gateway.app.handle_request_error`) turns them into the
 endpoint's error shape.
 """
 
