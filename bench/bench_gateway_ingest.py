@@ -1,10 +1,15 @@
-"""Gateway ingest vs InfluxDB's own ``/write``, side by side, on the same payloads.
+"""Gateway ingest vs InfluxDB's own ``/write`` vs VictoriaMetrics, same payloads, same run.
 
-Starts a real Kafka broker and a real influxd (``metricsflow.infra``), a topic, and the gateway
-(``python -m gateway``, N uvicorn workers), then posts batches of line protocol with a few
-concurrent clients. A 2xx from the gateway means every point was acknowledged by Kafka
-(``acks=all``); a 2xx from InfluxDB means it was written to its WAL. Prints a table and writes
-``bench/results/gateway_ingest.json``.
+Starts a real Kafka broker and a real influxd (``metricsflow.infra``), VictoriaMetrics
+(Debian package ``victoria-metrics``, ``apt-get install``-ed here when missing; its own
+``-storageDataPath``, loopback, stopped by PID), a topic, and the gateway (``python -m
+gateway``, N uvicorn workers), then posts batches of line protocol with a few concurrent
+clients. A 2xx from the gateway means every point was acknowledged by Kafka (``acks=all``); a
+2xx from InfluxDB means it was written to its WAL; VictoriaMetrics answers once the points are
+in its in-memory buffers. For each server: points/s, p50/p99 latency, and points per
+CPU-second of the server's *own* processes (user+system time of its process group, read from
+``/proc`` before and after the run; the Kafka broker the gateway writes to is *not* counted).
+Prints a table and writes ``bench/results/gateway_ingest.json``.
 
     .venv/bin/python bench/bench_gateway_ingest.py [--batches 60] [--workers 1,2]
 
@@ -17,8 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import shutil
+import signal
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,9 +37,9 @@ import httpx
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from metricsflow.infra.gateway import GatewayConfig, GatewayServer
-from metricsflow.infra.influxdb import InfluxDBConfig, InfluxDBServer
+from metricsflow.infra.influxdb import InfluxDBConfig, InfluxDBServer, install_debian_packages
 from metricsflow.infra.kafka import KafkaConfig, KafkaServer
-from metricsflow.infra.process import free_ports
+from metricsflow.infra.process import free_ports, read_pid_file
 from metricsflow.infra.settings import default_cache_dir
 from metricsflow.model.columnar import decode_columnar
 from metricsflow.model.lineprotocol import canonicalize, parse
@@ -41,7 +50,8 @@ RESULTS = Path(__file__).parent / "results" / "gateway_ingest.json"
 
 def make_batches(count: int, hosts: int = 1_000) -> list[bytes]:
     """Telegraf-like ``cpu`` points: 3 tags (sorted), 4 float fields, ns timestamps."""
-    base = 1_700_000_000_000_000_000
+    # recent timestamps: VictoriaMetrics drops samples outside its retention period
+    base = (time.time_ns() // 10**9 - 86_400) * 10**9
     batches = []
     for b in range(count):
         lines = []
@@ -92,6 +102,89 @@ async def drive(url: str, batches: list[bytes], concurrency: int) -> dict[str, A
     }
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User+system CPU seconds of every live process in process group ``pgid`` (/proc)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:  # fields: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def server_pgid(data_dir: Path, name: str) -> int:
+    record = read_pid_file(data_dir / f"{name}.pid")
+    assert record is not None, f"no PID file for {name} in {data_dir}"
+    return os.getpgid(record.pid)
+
+
+class VictoriaMetrics:
+    """``victoria-metrics`` on loopback with its own storage directory, stopped by PID."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        install_debian_packages({"victoria-metrics": "victoria-metrics"})
+        binary = shutil.which("victoria-metrics")
+        assert binary is not None
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = (data_dir / "victoria-metrics.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"-httpListenAddr=127.0.0.1:{port}",
+                f"-storageDataPath={data_dir / 'data'}",
+                "-retentionPeriod=10y",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("victoria-metrics did not become healthy")
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+
+
+def measured(url: str, batches: list[bytes], concurrency: int, pgid: int) -> dict[str, Any]:
+    cpu0 = group_cpu_s(pgid)
+    res = asyncio.run(drive(url, batches, concurrency))
+    cpu = group_cpu_s(pgid) - cpu0
+    res["server_cpu_s"] = round(cpu, 2)
+    ok = sum(c for s, c in res["statuses"].items() if s.startswith("2"))
+    res["points_per_cpu_s"] = round(ok * BATCH_LINES / cpu) if cpu > 0 else None
+    return res
+
+
 def parser_bench(batch: bytes) -> dict[str, float]:
     out: dict[str, float] = {}
     text = batch.decode()
@@ -101,9 +194,9 @@ def parser_bench(batch: bytes) -> dict[str, float]:
         return round(BATCH_LINES / best)
 
     out["metricsflow_canonicalize_lines_per_s"] = rate(
-        lambda: canonicalize(batch, default_time_ns=0)
+        lambda: canonicalize(batch, default_time_ns=time.time_ns())
     )
-    out["metricsflow_exact_parse_lines_per_s"] = rate(lambda: parse(batch))
+    out["metricsflow_exact_parse_lines_per_s"] = rate(lambda: parse(batch, default_time_ns=0))
     out["metricsflow_decode_columnar_points_per_s"] = rate(lambda: decode_columnar(batch))
     try:
         import line_protocol_parser as lpp  # type: ignore[import-not-found]
@@ -135,7 +228,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=60, help="batches of 5,000 lines per run")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--workers", default="1,2", help="gateway worker counts to measure")
+    ap.add_argument("--workers", default="1", help="gateway worker counts to measure")
     args = ap.parse_args()
     batches = make_batches(args.batches)
     results: dict[str, Any] = {
@@ -182,28 +275,54 @@ def main() -> None:
                 )
                 gw.start()
                 try:
-                    res = asyncio.run(drive(f"{gw.url}/write?db=bench", batches, args.concurrency))
+                    res = measured(
+                        f"{gw.url}/write?db=bench",
+                        batches,
+                        args.concurrency,
+                        server_pgid(root / f"gw{workers}", gw.name),
+                    )
                 finally:
                     gw.stop()
                 results["runs"][f"gateway_{workers}w"] = res
-            results["runs"]["influxdb_1.6.7"] = asyncio.run(
-                drive(f"{influx.url}/write?db=bench", batches, args.concurrency)
+            results["runs"]["influxdb_1.6.7"] = measured(
+                f"{influx.url}/write?db=bench",
+                batches,
+                args.concurrency,
+                server_pgid(root / "influx", influx.name),
             )
+            (vport,) = free_ports(1)
+            vm = VictoriaMetrics(root / "victoria-metrics", vport)
+            try:
+                results["runs"]["victoriametrics"] = measured(
+                    f"{vm.url}/write?db=bench", batches, args.concurrency, vm.pgid
+                )
+            finally:
+                vm.stop()
         finally:
             influx.stop()
             kafka.stop()
     influx_rate = results["runs"]["influxdb_1.6.7"]["points_per_s"]
+    vm_per_cpu = results["runs"]["victoriametrics"]["points_per_cpu_s"]
     for res in results["runs"].values():
         res["ratio_vs_influxdb"] = round(res["points_per_s"] / influx_rate, 2)
+        per_cpu = res["points_per_cpu_s"]
+        res["per_cpu_ratio_vs_victoriametrics"] = (
+            round(per_cpu / vm_per_cpu, 2) if per_cpu and vm_per_cpu else None
+        )
     print(
         f"\nGateway ingest: {args.batches} batches x {BATCH_LINES} lines, "
-        f"{args.concurrency} concurrent clients, {args.partitions} partitions"
+        f"{args.concurrency} concurrent clients, {args.partitions} partitions "
+        "(server CPU: its own processes; the Kafka broker is not counted)"
     )
-    print(f"{'target':<18}{'points/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'vs influx':>11}  statuses")
+    print(
+        f"{'target':<18}{'points/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'vs influx':>11}"
+        f"{'pts/cpu-s':>12}{'vs VM/cpu':>11}  statuses"
+    )
     for name, res in results["runs"].items():
         print(
             f"{name:<18}{res['points_per_s']:>12,}{res['p50_ms']:>10}{res['p99_ms']:>10}"
-            f"{res['ratio_vs_influxdb']:>11}  {res['statuses']}"
+            f"{res['ratio_vs_influxdb']:>11}{res['points_per_cpu_s'] or 0:>12,}"
+            f"{res['per_cpu_ratio_vs_victoriametrics'] or 0:>11}  {res['statuses']}"
         )
     print("\nparsers (one batch, best of 3):")
     for name, value in results["parsers"].items():
