@@ -151,17 +151,25 @@ def line(draw: st.DrawFn, prefix: str, timestamps: list[str]) -> str:
 
 
 @st.composite
-def body(draw: st.DrawFn, number: int, timestamps: list[str] = TIMESTAMPS) -> Body:
+def body(
+    draw: st.DrawFn,
+    number: int,
+    timestamps: list[str] = TIMESTAMPS,
+    precisions: list[str] = PRECISIONS,
+) -> Body:
     n = draw(st.integers(1, 4))
     lines = [draw(line(f"L§_{number}_{i}_", timestamps)) for i in range(n)]
     if draw(st.integers(0, 5)) == 0:
         lines.insert(
             draw(st.integers(0, n)), draw(st.sampled_from(["", "# comment", "  ", "\t# x"]))
         )
-    return Body("\n".join(lines), draw(st.sampled_from(PRECISIONS)))
+    return Body("\n".join(lines), draw(st.sampled_from(precisions)))
 
 
 def bodies(
-    count: int, first: int = 0, timestamps: list[str] = TIMESTAMPS
+    count: int,
+    first: int = 0,
+    timestamps: list[str] = TIMESTAMPS,
+    precisions: list[str] = PRECISIONS,
 ) -> st.SearchStrategy[list[Body]]:
-    return st.tuples(*(body(first + i, timestamps) for i in range(count))).map(list)
+    return st.tuples(*(body(first + i, timestamps, precisions) for i in range(count))).map(list)
