@@ -57,6 +57,7 @@ from metricsflow.model.lpscan import (
     MIN_TIME_NS,
     Limits,
     ScannedLine,
+    field_key_writes_back,
     field_values,
     scan_point,
     split_lines,
@@ -127,6 +128,12 @@ def format_value(value: FieldValue) -> str:
 
 def format_point(point: Point) -> str:
     """Canonical line protocol of a point built in code: sorted tags and fields, ns time."""
+    for k, _v in point.fields:
+        if "\\" in k and not field_key_writes_back(k):
+            raise SerializationError(
+                f"line protocol cannot represent the field key {k!r} (InfluxDB's two field "
+                "readers would split it differently)"
+            )
     fields = ",".join(f"{escape_field_key(k)}={format_value(v)}" for k, v in point.fields)
     if fields[:1] in ("\t", "\x00"):  # InfluxDB skips blanks before the first field
         raise SerializationError(f"line protocol cannot represent the field key {fields!r}")
@@ -229,8 +236,14 @@ _FAST_BODY: Final = (
 _FAST_RE: Final = re.compile(_FAST_BODY)
 _FAST_ALL_RE: Final = re.compile(rf"^({_FAST_BODY})$", re.MULTILINE)
 _FIELD_KEYS_RE: Final = re.compile(r"(?:^|,)([^=]*)=")
+_DUP_FIELD_RE: Final = re.compile(
+    r"^[^ \n]+ (?:[^ ,\n]*,){0,62}([^=, \n]+)=[^, \n]*,(?:[^ ,\n]*,){0,62}\1=", re.M
+)
+"""A line of a plain body naming one field key twice (bounded: lines of at most 63 fields,
+see ``_MANY_FIELDS_RE``, so the search stays linear in the body)."""
+_MANY_FIELDS_RE: Final = re.compile(r"^[^ \n]+ (?:[^ ,\n]*,){63}", re.M)
 _FAST_MAX_LINE: Final = 16_000
-"""Longer lines take the exact path (its byte-length checks of the 65,535-byte key limit)."""
+"""Longer fast-path lines have their key and tag value lengths measured (``_long_line_ok``)."""
 
 _TAG_CACHE_SIZE: Final = 200_000
 _TAG_CACHE: dict[str, str | None] = {}
@@ -263,6 +276,16 @@ def _fast_fields_ok(fieldstr: str, max_fields: int) -> bool:
     return len(set(keys)) == len(keys)  # duplicates: the exact path checks their types
 
 
+def _long_line_ok(groups: tuple[str, ...], limits: Limits) -> bool:
+    """A long fast-path line within the key (bytes, InfluxDB's rule) and tag value limits."""
+    meas, tagstr, fieldstr = groups[0], groups[1], groups[2]
+    if tagstr and max(map(len, tagstr.split("="))) > limits.max_tag_value_length:
+        return False
+    key_bytes = len((meas + tagstr).encode())
+    longest = max(len(k.encode()) for k in _FIELD_KEYS_RE.findall(fieldstr))
+    return key_bytes + 4 + longest <= limits.max_key_length
+
+
 def canonicalize(
     body: bytes | str,
     *,
@@ -286,11 +309,9 @@ def canonicalize(
     blocks = list(enumerate(text.split("\n"), 1)) if plain else split_lines(text)
     max_tags = lim.max_tags
     max_fields = lim.max_fields
-    # lines this short cannot break the key, tag value or line limits: only the exact path
-    # measures them
-    max_line = min(
-        lim.max_line_length, _FAST_MAX_LINE, lim.max_key_length // 4 - 4, lim.max_tag_value_length
-    )
+    # lines this short cannot break the key or tag value limits; longer ones are measured
+    short = min(_FAST_MAX_LINE, lim.max_key_length // 4 - 4, lim.max_tag_value_length)
+    max_line = lim.max_line_length
     tag_cache = _TAG_CACHE
     fast = _FAST_RE.fullmatch
     min_time, max_time = lim.min_time_ns, lim.max_time_ns
@@ -301,6 +322,11 @@ def canonicalize(
         found = _FAST_ALL_RE.findall(text)
         if len(found) == len(blocks):
             rows = found
+    dup_free = (
+        rows is not None
+        and _MANY_FIELDS_RE.search(text) is None
+        and _DUP_FIELD_RE.search(text) is None
+    )
     for lineno, line in blocks:
         groups: tuple[str, ...] | None = None
         if rows is not None:
@@ -309,7 +335,9 @@ def canonicalize(
             m = fast(line)
             if m is not None:
                 groups = m.groups("")
-        if groups is not None and len(line) <= max_line:
+        if groups is not None and (
+            len(line) <= short or (len(line) <= max_line and _long_line_ok(groups, lim))
+        ):
             meas, tagstr, fieldstr, ts = groups
             canonical = True
             sk = meas + tagstr
@@ -326,7 +354,11 @@ def canonicalize(
                 elif suffix != tagstr:
                     canonical = False
                     sk = meas + suffix
-            if ok and _fast_fields_ok(fieldstr, max_fields):
+            if ok and (
+                fieldstr.count(",") < max_fields
+                if dup_free
+                else _fast_fields_ok(fieldstr, max_fields)
+            ):
                 if not ts:
                     time_ns = truncated_default
                     canonical = False
@@ -351,7 +383,7 @@ def canonicalize(
             if scanned is None:
                 continue
             field_values(scanned, lineno, lim)
-            canonical_line = _write_back(scanned, lineno, precision_factor, lim)
+            canonical_line = _write_back(scanned, lineno, lim)
         except ParseError as exc:
             out.errors.append(exc)
             continue
@@ -360,13 +392,16 @@ def canonicalize(
     return out
 
 
-def _write_back(scanned: ScannedLine, lineno: int, precision_factor: int, limits: Limits) -> str:
+def _write_back(scanned: ScannedLine, lineno: int, limits: Limits) -> str:
     """The canonical line of ``scanned``, verified to read back as the same point."""
     try:
         sk = scanned.series_key
     except SerializationError as exc:  # pragma: no cover - names read from a line round-trip
         raise ParseError(str(exc), line=lineno, column=1, text=scanned.text[:40]) from None
-    line = f"{sk}{scanned.separator}{scanned.fields} {scanned.time_ns}"
+    head = f"{sk}{scanned.separator}{scanned.fields}"
+    line = f"{head} {scanned.time_ns}"
+    if scanned.text.startswith(head):
+        return line  # key and fields exactly as the client wrote them: InfluxDB reads the same
     again: ScannedLine | None
     try:
         if "\n" in line and split_lines(line) != [(1, line)]:
@@ -380,7 +415,7 @@ def _write_back(scanned: ScannedLine, lineno: int, precision_factor: int, limits
         or again.measurement != scanned.measurement
         or sorted(again.tags) != sorted(scanned.tags)
         or again.time_ns != scanned.time_ns
-        or field_values(again, lineno, limits) != field_values(scanned, lineno, limits)
+        or again.fields != scanned.fields
     ):
         raise ParseError(
             "the line cannot be written back so that InfluxDB reads the same point "

@@ -509,7 +509,7 @@ def field_values(scanned: ScannedLine, lineno: int, limits: Limits) -> dict[str,
                 f'"{scanned.measurement}" is invalid',
                 pos,
             )
-        if "\\" in key and not _writes_back(key):
+        if "\\" in key and not field_key_writes_back(key):
             raise at.fail(
                 f"field key {key!r} cannot be written to the downsampled tiers: InfluxDB's "
                 "two field readers split its escaped form differently",
@@ -531,7 +531,7 @@ def field_values(scanned: ScannedLine, lineno: int, limits: Limits) -> dict[str,
     return out
 
 
-def _writes_back(key: str) -> bool:
+def field_key_writes_back(key: str) -> bool:
     """Whether ``key`` escaped (as the tiers write it, e.g. ``mean_<key>``) reads back."""
     try:
         probe = "m x_" + escape_field_key(key) + "=1"
