@@ -1,6 +1,9 @@
 package io.metricsflow.bench;
 
 import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.connector.kafka.source.reader.deserializer.KafkaRecordDeserializationSchema;
@@ -11,7 +14,8 @@ import org.apache.kafka.common.header.Header;
 /**
  * Decodes one {@code lp1} record (docs/message-format.md) into its numeric samples plus the
  * record itself (for the raw tier). Headers are checked as metricsflow's decoder checks them:
- * {@code mf-format} must be {@code lp1}, {@code mf-db} must be present and non-empty. A bad
+ * {@code mf-format} must be {@code lp1}, {@code mf-db} must be present and non-empty,
+ * {@code mf-received-ns} (optional) an integer. A bad
  * record fails the job with an {@link IOException} naming the partition, offset, line, column
  * and text (nothing is skipped silently).
  */
@@ -34,11 +38,30 @@ public final class Lp1Deserializer implements KafkaRecordDeserializationSchema<E
         if (db == null || db.value() == null || db.value().length == 0) {
             throw new IOException(where + ": header mf-db missing or empty");
         }
+        Header received = record.headers().lastHeader("mf-received-ns");
+        if (received != null && received.value() != null && received.value().length > 0) {
+            String ns = new String(received.value(), StandardCharsets.UTF_8);
+            try {
+                Long.parseLong(ns);
+            } catch (NumberFormatException e) {
+                throw new IOException(where + ": header mf-received-ns=" + ns
+                        + " is not an integer");
+            }
+        }
         byte[] value = record.value();
         if (value == null || value.length == 0) {
             throw new IOException(where + ": empty record value");
         }
-        String text = new String(value, StandardCharsets.UTF_8);
+        String text;
+        try {
+            text = StandardCharsets.UTF_8.newDecoder()
+                    .onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT)
+                    .decode(ByteBuffer.wrap(value))
+                    .toString();
+        } catch (CharacterCodingException e) {
+            throw new IOException(where + ": record value is not UTF-8: " + e);
+        }
         long minNs = LineProtocol.parse(text, where, out);
         out.collect(Element.raw(value, minNs));
     }
