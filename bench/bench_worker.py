@@ -821,7 +821,9 @@ def main(argv: list[str] | None = None) -> int:
         r["points_per_s"] = round(points / r["wall_s"])
         r["points_per_cpu_s"] = round(points / r["cpu_s"])
         # from the first point visible in the raw tier: excludes start-up (imports, group join)
-        r["steady_points_per_cpu_s"] = round(points / max(r["steady_cpu_s"], 1e-9))
+        # 0 = not measurable: the whole input arrived with the first write (tiny workloads)
+        steady = r["steady_cpu_s"]
+        r["steady_points_per_cpu_s"] = round(points / steady) if steady >= 0.1 else 0
         for k in (
             "wall_s",
             "cpu_s",
@@ -867,7 +869,9 @@ def main(argv: list[str] | None = None) -> int:
                 mfr["points_per_cpu_s_median"] / other["points_per_cpu_s_median"], 2
             ),
             "steady_per_cpu_s": round(
-                mfr["steady_points_per_cpu_s_median"] / other["steady_points_per_cpu_s_median"], 2
+                mfr["steady_points_per_cpu_s_median"]
+                / max(other["steady_points_per_cpu_s_median"], 1),
+                2,
             ),
             "wall": round(mfr["points_per_s_median"] / other["points_per_s_median"], 2),
             "per_rep_per_cpu_s": [
@@ -888,10 +892,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{'points/CPU-s':>12} {'steady pts/CPU-s':>16} {'1st window s':>12} {'peak RSS MiB':>12}"
     )
     for r in rows:
+        steady_text = f"{r['steady_points_per_cpu_s']:,}" if r["steady_points_per_cpu_s"] else "n/a"
         print(
             f"{r['contender']:20} {r['rep']:3} {r['wall_s']:7.2f} {r['cpu_s']:7.2f} "
             f"{r['points_per_s']:9,} {r['points_per_cpu_s']:12,} "
-            f"{r['steady_points_per_cpu_s']:16,} {r['first_window_s']:12.2f} "
+            f"{steady_text:>16} "
+            f"{r['first_window_s']:12.2f} "
             f"{r['peak_rss_mib']:12.0f}"
         )
     print(
