@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Flink state backends to run, comma-separated (hashmap, rocksdb)",
     )
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--timeout-s", type=float, default=900.0)
+    parser.add_argument("--timeout-s", type=float, default=2400.0)
     parser.add_argument("--quick", action="store_true", help="1,000 series, 5 minutes, 70 s")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
