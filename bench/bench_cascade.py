@@ -248,12 +248,14 @@ class RecordAtATimeCascade:
         window = self.windows_ns[0]
         end = ts - ts % window + window
         wm = self.wm.get(kg)
-        if wm is not None and end + LATENESS_NS <= wm:
+        if ts > self.max_ts.get(kg, -(2**63)):
+            self.max_ts[kg] = ts
+        # lateness per record: the watermark as of this record's position in the log
+        row_wm = self.max_ts[kg] - BOUND_NS if wm is None else max(wm, self.max_ts[kg] - BOUND_NS)
+        if end + LATENESS_NS <= row_wm:
             self.late += 1
             return
         self._add(0, kg, end, key, ts, value, wm)
-        if ts > self.max_ts.get(kg, -(2**63)):
-            self.max_ts[kg] = ts
 
     def end_of_batch(self, kg: int) -> None:
         """Watermarks sit between batches (as in the engine), so the semantics match."""

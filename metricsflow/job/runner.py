@@ -34,7 +34,7 @@ from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.checkpointing.coordinator import CompletedCheckpoint
 from metricsflow.checkpointing.storage import FsCheckpointStorage
 from metricsflow.errors import ConfigurationError, MetricsflowError
-from metricsflow.job.graph import SOURCE_UID, DownsamplingJobConfig, build_graph
+from metricsflow.job.graph import SOURCE_UID, DownsamplingJobConfig, JobMetrics, build_graph
 from metricsflow.job.lock import WorkerIdLock
 from metricsflow.job.recovery import ClusterRecovery
 from metricsflow.model.partition import partition_for
@@ -46,10 +46,12 @@ from metricsflow.runtime.restart import (
     NoRestartStrategy,
     RestartStrategy,
 )
+from metricsflow.sinks.corrections import CorrectionService
 from metricsflow.sinks.deadletter import LatePointsFile
 from metricsflow.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from metricsflow.sources.kafka import KafkaSource, KafkaSourceConfig
 from metricsflow.state.config import StateBackendConfig
+from metricsflow.windows.corrections import CorrectionMailbox
 from metricsflow.windows.operator import TierWindowOperator
 
 logger = logging.getLogger(__name__)
@@ -165,6 +167,9 @@ class DownsamplingRunner:
         self.restarts = 0
         self.last_failure = ""
         self.sink = InfluxDBSink(config.sink)
+        self.metrics = JobMetrics.for_tiers(config.job.tiers)
+        self.mailbox = CorrectionMailbox()
+        self.corrections = CorrectionService(config.sink, self.sink, self.mailbox)
         self.job = self._build_job()
         self.started_ns = time.time_ns()
         self._state = JobStatus.CREATED
@@ -187,8 +192,17 @@ class DownsamplingRunner:
 
     def _build_job(self) -> Job:
         """A job around ``self.sink`` (a new one after a failure: the old one is closed)."""
-        self.source.admission = self.sink.has_capacity
-        graph = build_graph(self.config.job, self.source, self.sink, on_late=self.late.write)
+        sink, corrections = self.sink, self.corrections
+        self.source.admission = lambda: sink.has_capacity() and corrections.has_capacity()
+        graph = build_graph(
+            self.config.job,
+            self.source,
+            self.sink,
+            on_late=self.late.write,
+            on_correction=corrections.submit,
+            corrections=self.mailbox,
+            metrics=self.metrics,
+        )
         backend = self.config.state_backend
         return Job(
             graph,
@@ -202,9 +216,15 @@ class DownsamplingRunner:
 
     def _replace_job(self) -> None:
         old_stats = self.sink.stats
+        self.corrections.close()
         self.sink = InfluxDBSink(self.config.sink)
         self.sink.stats = old_stats  # counters stay monotonic across restarts
         old_stats.blocked = False
+        # requests of the failed job are dropped: the restored operators ask again
+        old_correction_stats = self.corrections.stats
+        self.mailbox = CorrectionMailbox()
+        self.corrections = CorrectionService(self.config.sink, self.sink, self.mailbox)
+        self.corrections.stats = old_correction_stats
         self.job = self._build_job()
 
     # ------------------------------------------------------------------ lifecycle
@@ -216,6 +236,7 @@ class DownsamplingRunner:
         try:
             while True:
                 self.sink.open()
+                self.corrections.open()
                 job_task = asyncio.create_task(self.job.run(), name="job")
                 ready = asyncio.ensure_future(self.job.wait_until_ready())
                 await asyncio.wait([ready, job_task], return_when=asyncio.FIRST_COMPLETED)
@@ -269,6 +290,7 @@ class DownsamplingRunner:
                 self.job.cancel()
                 await asyncio.gather(job_task, return_exceptions=True)
             await self.source.stop()
+            self.corrections.close()
             self.sink.close(flush=False)
             self.lock.release()
 
@@ -313,6 +335,7 @@ class DownsamplingRunner:
                 return  # restarting: nothing runs, nothing to hand over
             await self.job.revoke_key_groups(key_groups)
             self._record_generations()
+            self.mailbox.drop_key_groups(key_groups)
             # A barrier in the sink: only after it returns does aiokafka re-join the group, and
             # the next owner is assigned only when every member re-joined.
             await asyncio.to_thread(self.sink.fence, key_groups)

@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from metricsflow.checkpointing.protocol import CheckpointBarrier
-from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
+from metricsflow.runtime.records import (
+    AggregateBatch,
+    RawLinesBatch,
+    RecordBatch,
+    SideOutput,
+    Watermark,
+)
 from metricsflow.state.base import AsyncSnapshot, KeyedStateBackend
 from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle, OperatorStateHandle
 
@@ -34,7 +40,7 @@ class Output(abc.ABC):
     @abc.abstractmethod
     def emit_watermark(self, watermark: Watermark) -> None: ...
 
-    def emit_side(self, tag: str, element: RecordBatch) -> None:  # noqa: B027
+    def emit_side(self, tag: str, element: SideOutput) -> None:  # noqa: B027
         """A side output (e.g. ``"late"`` for points beyond the allowed lateness)."""
 
 

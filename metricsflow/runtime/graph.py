@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from metricsflow.errors import ConfigurationError
 from metricsflow.runtime.base import Operator
-from metricsflow.runtime.records import RecordBatch, StreamElement
+from metricsflow.runtime.records import SideOutput, StreamElement
 from metricsflow.runtime.source import Source
 from metricsflow.state.base import KeyedStateBackend
 
@@ -37,7 +37,7 @@ class SideOutputElement:
     """An element an operator sent to a side output (``Output.emit_side``), in a channel."""
 
     tag: str
-    element: RecordBatch
+    element: SideOutput
 
 
 ChannelElement = StreamElement | SideOutputElement

@@ -35,6 +35,14 @@ class RecordBatch:
     key_idx: Int32Array
     ts_ns: Int64Array
     values: Float64Array
+    received_ns: Int64Array | None = None
+    """Per row: when the gateway received the point (header ``mf-received-ns``, else the
+    Kafka record's timestamp); ``None`` when unknown. It travels with the record, so a replay
+    sees the same value: the watermark ignores points far ahead of it (future points)."""
+    row_watermark_ns: Int64Array | None = None
+    """Per row: the key group's watermark as of that row's position in the partition's log
+    (set by the watermark assigner). Lateness is judged against it, so any split of the same
+    log into batches judges every row alike. ``None``: judge against the last watermark."""
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
@@ -88,6 +96,49 @@ class AggregateBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class CorrectionRequest:
+    """Windows of one tier to re-derive from InfluxDB (docs/windows.md, "Corrections").
+
+    Sent by a window operator on side output ``"correct"`` when rows arrive for windows whose
+    state is gone: tier ``tier`` (window ``window_ns``) of the series ``keys[key_idx[i]]`` over
+    ``[window_start_ns[i], + window_ns)``, to be recomputed from ``source_tier`` (``raw`` for
+    the finest tier, else the next finer tier) once everything the sink received before this
+    request is acknowledged. ``seq`` orders the requests of one operator and key group;
+    ``created_ns`` (wall clock) measures the correction lag.
+    """
+
+    key_group: int
+    tier: str
+    window_ns: int
+    source_tier: str
+    keys: tuple[str, ...]
+    key_idx: Int32Array
+    window_start_ns: Int64Array
+    seq: int
+    created_ns: int
+
+    def __len__(self) -> int:
+        return int(self.window_start_ns.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionResult:
+    """The re-derived rows of a :class:`CorrectionRequest` (or of several coalesced ones of
+    the same key group and tier, ``seq`` the largest): ``batch`` holds them as partials of
+    the request's tier, its keys plain window-key strings."""
+
+    key_group: int
+    tier: str
+    seq: int
+    created_ns: int
+    batch: AggregateBatch
+    empty_keys: tuple[str, ...] = ()
+    """requested (key, window) pairs InfluxDB has no data for (e.g. beyond raw retention):
+    settled without a row; ``empty_window_start_ns`` holds their window starts"""
+    empty_window_start_ns: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RawLinesBatch:
     """Points for the raw tier, exactly as read: canonical line protocol (ns timestamps).
 
@@ -115,6 +166,9 @@ class EndOfPartition:
 
     key_group: int
 
+
+SideOutput = RecordBatch | CorrectionRequest
+"""What an operator may send to a side output: ``"late"`` points, ``"correct"`` requests."""
 
 StreamElement = (
     RecordBatch | AggregateBatch | RawLinesBatch | Watermark | CheckpointBarrier | EndOfPartition

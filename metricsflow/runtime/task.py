@@ -51,6 +51,7 @@ from metricsflow.runtime.records import (
     EndOfPartition,
     RawLinesBatch,
     RecordBatch,
+    SideOutput,
     Watermark,
 )
 from metricsflow.runtime.source import SourceReader, WatermarkStatus
@@ -117,7 +118,7 @@ class BackpressureAwaitable(Protocol):
 class SideOutputConsumer(Protocol):
     """A sink operator that accepts side outputs (e.g. ``"late"`` points)."""
 
-    def process_side_output(self, tag: str, element: RecordBatch) -> None: ...
+    def process_side_output(self, tag: str, element: SideOutput) -> None: ...
 
 
 @dataclass(slots=True)
@@ -175,7 +176,7 @@ class _ChainOutput(Output):
         else:
             self._chain.pending_out.append(watermark)
 
-    def emit_side(self, tag: str, element: RecordBatch) -> None:
+    def emit_side(self, tag: str, element: SideOutput) -> None:
         self._chain.pending_out.append(SideOutputElement(tag, element))
 
 

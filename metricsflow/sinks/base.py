@@ -38,7 +38,14 @@ from metricsflow.runtime.base import (
     Output,
     StateInitializationContext,
 )
-from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
+from metricsflow.runtime.records import (
+    AggregateBatch,
+    CorrectionRequest,
+    RawLinesBatch,
+    RecordBatch,
+    SideOutput,
+    Watermark,
+)
 from metricsflow.state.base import AsyncSnapshot
 from metricsflow.state.handles import KeyGroupStateHandle, OperatorStateHandle
 
@@ -170,6 +177,8 @@ class SinkOperator(Operator):
     state, checkpointed): ``on_late(batch, first_seq)`` numbers them, so that a replay after a
     restore hands over the same numbers again and the late-points file can skip what it has
     already written.
+    Correction requests (side output ``"correct"``) go to ``on_correction``, after every
+    element that preceded them (docs/windows.md, "Corrections").
     """
 
     def __init__(
@@ -179,11 +188,13 @@ class SinkOperator(Operator):
         *,
         flush_timeout_s: float | None = None,
         on_late: Callable[[RecordBatch, int], None] | None = None,
+        on_correction: Callable[[CorrectionRequest], None] | None = None,
     ) -> None:
         super().__init__(uid)
         self.sink = sink
         self.flush_timeout_s = flush_timeout_s
         self.on_late = on_late
+        self.on_correction = on_correction
         self.late_points = 0
         self.late_seq: dict[int, int] = {}
         """Late points emitted so far, per key group (checkpointed)."""
@@ -230,8 +241,12 @@ class SinkOperator(Operator):
     def process_watermark(self, watermark: Watermark, output: Output) -> None:
         """The end of the graph: watermarks stop here."""
 
-    def process_side_output(self, tag: str, element: RecordBatch) -> None:
-        if tag == "late":
+    def process_side_output(self, tag: str, element: SideOutput) -> None:
+        if isinstance(element, CorrectionRequest):
+            # everything that preceded the request in its channel is in the sink already
+            if self.on_correction is not None:
+                self.on_correction(element)
+        elif tag == "late":
             self.late_points += len(element)
             first = self.late_seq.get(element.key_group, 0)
             self.late_seq[element.key_group] = first + len(element)

@@ -73,9 +73,12 @@ class InfluxDBClient:
     def close(self) -> None:
         self._http.close()
 
-    def query(self, q: str, db: str | None = None) -> list[dict[str, object]]:
-        """Run InfluxQL (POST /query); returns the statement results; raises on any error."""
-        params = {"q": q, **({"db": db} if db else {})}
+    def query(
+        self, q: str, db: str | None = None, epoch: str | None = None
+    ) -> list[dict[str, object]]:
+        """Run InfluxQL (POST /query); returns the statement results; raises on any error.
+        ``epoch="ns"``: times as integer nanoseconds."""
+        params = {"q": q, **({"db": db} if db else {}), **({"epoch": epoch} if epoch else {})}
         try:
             resp = self._http.post("/query", data=params)
         except httpx.TransportError as exc:

@@ -14,7 +14,8 @@
   every record with :func:`metricsflow.model.columnar.decode_columnar` (headers checked by
   :func:`metricsflow.model.message.read_headers`) and hands out, in order,
   one :class:`RawLinesBatch` per database (the raw tier, lines unchanged) and then one
-  :class:`RecordBatch` (numeric samples, keys ``window_key(db, series, field)``). The position
+  :class:`RecordBatch` (numeric samples, keys ``window_key(db, series, field)``, and per
+  sample its receive time, see :func:`received_ns`). The position
   advances past the fetched records only with that last element, so a barrier between the
   elements of one fetch replays the raw lines (an idempotent overwrite) but never counts a
   sample twice.
@@ -98,6 +99,18 @@ class KafkaSourceConfig:
     @property
     def dlq_topic(self) -> str:
         return self.dead_letter_topic or f"{self.topic}.dlq"
+
+
+def received_ns(header_ns: int | None, record: Any) -> int:
+    """When the point was received: the gateway's ``mf-received-ns`` header, else the Kafka
+    record's timestamp (ms; the producer's send time). Both are stored in the log, so a replay
+    judges future points exactly as the live run did."""
+    if header_ns is not None:
+        return header_ns
+    timestamp_ms = getattr(record, "timestamp", None)
+    if isinstance(timestamp_ms, int) and timestamp_ms >= 0:
+        return timestamp_ms * 1_000_000
+    return 2**63 - 1  # unknown: never treated as a future point
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -400,6 +413,7 @@ class KafkaPartitionReader(SourceReader):
         idx_parts: list[np.ndarray[Any, np.dtype[np.int32]]] = []
         ts_parts: list[np.ndarray[Any, np.dtype[np.int64]]] = []
         val_parts: list[np.ndarray[Any, np.dtype[np.float64]]] = []
+        rec_parts: list[np.ndarray[Any, np.dtype[np.int64]]] = []
         for record in records:
             stats.records_in += 1
             value = record.value
@@ -434,6 +448,7 @@ class KafkaPartitionReader(SourceReader):
             idx_parts.append(self._keys.ids(meta.db, cols))
             ts_parts.append(cols.time_ns)
             val_parts.append(cols.values)
+            rec_parts.append(np.full(n, received_ns(meta.received_ns, record), dtype=np.int64))
         for db, (lines, count) in raw_by_db.items():
             self._pending.append(RawLinesBatch(self.key_group, db, b"\n".join(lines), count))
         if idx_parts:
@@ -444,6 +459,7 @@ class KafkaPartitionReader(SourceReader):
                     key_idx=np.concatenate(idx_parts).astype(np.int32, copy=False),
                     ts_ns=np.concatenate(ts_parts),
                     values=np.concatenate(val_parts),
+                    received_ns=np.concatenate(rec_parts),
                 )
             )
         end = int(records[-1].offset) + 1

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.runtime.base import Operator, OperatorSnapshot, Output
-from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
+from metricsflow.runtime.records import (
+    AggregateBatch,
+    RawLinesBatch,
+    RecordBatch,
+    SideOutput,
+    Watermark,
+)
 from metricsflow.state.base import AsyncSnapshot
 from metricsflow.state.handles import KeyGroupStateHandle
 from metricsflow.testing.sources import SimulatedCrashError
@@ -149,8 +155,9 @@ class CollectingSink(Operator):
     def process_watermark(self, watermark: Watermark, output: Output) -> None:
         self.results.watermarks[watermark.key_group] = watermark.timestamp_ns
 
-    def process_side_output(self, tag: str, element: RecordBatch) -> None:
-        self._buffer.append((tag, element))
+    def process_side_output(self, tag: str, element: SideOutput) -> None:
+        if isinstance(element, RecordBatch):  # correction requests need an InfluxDB
+            self._buffer.append((tag, element))
 
     def _flush_now(self) -> None:
         buffer, self._buffer = self._buffer, []

@@ -27,8 +27,9 @@ window is NumPy over columns (kernels.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,11 +44,27 @@ from metricsflow.runtime.base import (
     Output,
     StateInitializationContext,
 )
-from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
+from metricsflow.runtime.records import (
+    AggregateBatch,
+    CorrectionRequest,
+    CorrectionResult,
+    RawLinesBatch,
+    RecordBatch,
+    Watermark,
+)
 from metricsflow.state.base import KeyedStateBackend, StateDescriptor
 from metricsflow.state.handles import CheckpointStorage
 from metricsflow.state.serializers import INT64, NUMPY_COLUMNS, ColumnarChunk
 from metricsflow.windows import kernels
+from metricsflow.windows.corrections import (
+    STATE_PENDING,
+    CorrectionInbox,
+    decode_time,
+    encode_time,
+    pending_entries,
+    record_pending,
+    settle_pending,
+)
 from metricsflow.windows.kernels import Chunk, Int32Array, Int64Array
 from metricsflow.windows.keys import KeyDictionary, KeyMapping
 
@@ -58,20 +75,10 @@ STATE_KEYS = "window-keys"
 STATE_META = "window-meta"
 _META_WATERMARK = b"watermark"
 _META_SEQ = b"next-seq"
+_META_CORRECTION_SEQ = b"next-correction-seq"
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-_OFFSET = 2**63
-
-
-def encode_time(t_ns: int) -> bytes:
-    """Big-endian, order-preserving 8-byte encoding of a signed time (clamped to int64)."""
-    t_ns = min(max(t_ns, _INT64_MIN), _INT64_MAX)
-    return (t_ns + _OFFSET).to_bytes(8, "big")
-
-
-def decode_time(key: bytes) -> int:
-    return int.from_bytes(key[:8], "big") - _OFFSET
 
 
 def chunk_key(window_end_ns: int, seq: int) -> bytes:
@@ -91,6 +98,14 @@ class TierWindowMetrics:
     reemitted_windows: int = 0
     """(key, window) aggregates emitted again because late rows updated a fired window"""
     input_rows: int = 0
+    correction_requests: int = 0
+    """(key, window) pairs sent to be re-derived because their state was gone"""
+    corrected_rows: int = 0
+    """re-derived (key, window) rows emitted (``tier_corrections_total``)"""
+    correction_lag_ns_sum: int = 0
+    """sum over corrections of (emitted - requested) wall time; with ``corrections``"""
+    corrections: int = 0
+    correction_lag_ns_max: int = 0
 
 
 @dataclass(slots=True)
@@ -102,6 +117,9 @@ class _KeyGroup:
     the ``keys`` of every AggregateBatch this key group emits"""
     mapping: KeyMapping = field(default_factory=KeyMapping)
     """the upstream's key tuples -> ids of ``dictionary`` (cached, see keys.py)"""
+    correction_seq: int = 0
+    resubmit: bool = False
+    """pending corrections restored from a checkpoint, to request again at the next tick"""
 
 
 class TierWindowOperator(Operator):
@@ -125,6 +143,9 @@ class TierWindowOperator(Operator):
         allowed_lateness_ns: int = 0,
         *,
         input_window_ns: int = 0,
+        input_tier: str = RAW_TIER,
+        corrections: CorrectionInbox | None = None,
+        metrics: TierWindowMetrics | None = None,
     ) -> None:
         super().__init__(uid)
         if tier.name == RAW_TIER or tier.window_ns <= 0:
@@ -143,7 +164,9 @@ class TierWindowOperator(Operator):
         self.window_ns = window_ns
         self.allowed_lateness_ns = allowed_lateness_ns
         self.input_window_ns = input_window_ns
-        self.metrics = TierWindowMetrics()
+        self.input_tier = input_tier
+        self.corrections = corrections
+        self.metrics = metrics if metrics is not None else TierWindowMetrics()
         self._raw = input_window_ns == 0
         self._unit_ns = input_window_ns or 1
         self._groups: dict[int, _KeyGroup] = {}
@@ -163,6 +186,7 @@ class TierWindowOperator(Operator):
         self._backend.register(StateDescriptor(STATE_CHUNKS, NUMPY_COLUMNS))
         self._backend.register(StateDescriptor(STATE_KEYS, NUMPY_COLUMNS))
         self._backend.register(StateDescriptor(STATE_META, INT64))
+        self._backend.register(StateDescriptor(STATE_PENDING, INT64))
 
     def initialize_state(self, ctx: StateInitializationContext) -> None:
         """Everything lives in the backend (restored by the runtime before this call)."""
@@ -207,6 +231,10 @@ class TierWindowOperator(Operator):
         group = _KeyGroup()
         group.watermark_ns = backend.get(kg, STATE_META, _META_WATERMARK)
         group.next_seq = backend.get(kg, STATE_META, _META_SEQ) or 0
+        group.correction_seq = backend.get(kg, STATE_META, _META_CORRECTION_SEQ) or 0
+        group.resubmit = self.corrections is not None and any(
+            True for _ in backend.scan(kg, STATE_PENDING)
+        )
         for _, entry in backend.scan(kg, STATE_KEYS):
             group.dictionary.add(entry.keys)
         return group
@@ -285,18 +313,24 @@ class TierWindowOperator(Operator):
         wend = kernels.window_ends(cols["t"], self.window_ns)
         refire: list[int] = []
         wm = group.watermark_ns
-        if wm is not None and int(wend.min()) <= wm:
-            late = wend <= wm - self.allowed_lateness_ns
+        rows_wm = batch.row_watermark_ns if isinstance(batch, RecordBatch) else None
+        limit = wm if rows_wm is None else int(rows_wm[-1])  # row watermarks never decrease
+        if limit is not None and int(wend.min()) <= limit:
+            if rows_wm is None:
+                late = wend <= limit - self.allowed_lateness_ns
+            else:  # judged at each row's own position in the log (docs/windows.md)
+                late = (rows_wm > _INT64_MIN) & (wend <= rows_wm - self.allowed_lateness_ns)
             if bool(late.any()):
-                self._on_late(batch, late, output)
+                self._on_late(kg, group, batch, late, cols["k"][late], wend[late], output)
                 keep = np.flatnonzero(~late)
                 if keep.shape[0] == 0:
                     return
                 cols = kernels.take(cols, keep)
                 wend = wend[keep]
-            updated = wend[wend <= wm]
-            if updated.shape[0]:
-                refire = np.unique(updated).tolist()
+            if wm is not None:
+                updated = wend[wend <= wm]
+                if updated.shape[0]:
+                    refire = np.unique(updated).tolist()
         seq = group.next_seq
         for window_end, index in _split_by_window(wend):
             k = cols["k"] if index is None else cols["k"][index]
@@ -313,7 +347,16 @@ class TierWindowOperator(Operator):
             ]
             self._emit(kg, group, windows, output, reemission=True)
 
-    def _on_late(self, batch: RecordBatch | AggregateBatch, late: Any, output: Output) -> None:
+    def _on_late(
+        self,
+        kg: int,
+        group: _KeyGroup,
+        batch: RecordBatch | AggregateBatch,
+        late: Any,
+        ids: Int32Array,
+        ends: Int64Array,
+        output: Output,
+    ) -> None:
         n = int(np.count_nonzero(late))
         if isinstance(batch, RecordBatch):
             self.metrics.late_points += n
@@ -329,14 +372,106 @@ class TierWindowOperator(Operator):
             )
         else:
             self.metrics.late_partials += n
-            logger.warning(
-                "%s: %d partial rows of tier %r beyond the allowed lateness of key group %d "
-                "(the fine tier's lateness exceeds this tier's?)",
+            logger.info(
+                "%s: %d partial rows of tier %r for windows already purged key_group=%d",
                 self.uid,
                 n,
                 batch.tier,
                 batch.key_group,
             )
+        if self.corrections is not None:
+            self._request_correction(kg, group, ids, ends, output)
+
+    # -- corrections (docs/windows.md, "Corrections") -------------------------------------
+    def _request_correction(
+        self, kg: int, group: _KeyGroup, ids: Int32Array, ends: Int64Array, output: Output
+    ) -> None:
+        """Remember the (key, window) pairs in state and ask for them to be re-derived."""
+        backend, _ = self._state()
+        group.correction_seq += 1
+        backend.put(kg, STATE_META, _META_CORRECTION_SEQ, group.correction_seq)
+        key_ids, window_ends = record_pending(backend, kg, ids, ends, group.correction_seq)
+        self._emit_request(kg, group, key_ids, window_ends, group.correction_seq, output)
+
+    def _emit_request(
+        self,
+        kg: int,
+        group: _KeyGroup,
+        ids: Any,
+        ends: Any,
+        seq: int,
+        output: Output,
+    ) -> None:
+        self.metrics.correction_requests += int(ids.shape[0])
+        output.emit_side(
+            "correct",
+            CorrectionRequest(
+                key_group=kg,
+                tier=self.tier.name,
+                window_ns=self.window_ns,
+                source_tier=self.input_tier,
+                keys=group.dictionary.keys,
+                key_idx=ids.astype(np.int32),
+                window_start_ns=ends.astype(np.int64) - self.window_ns,
+                seq=seq,
+                created_ns=time.time_ns(),
+            ),
+        )
+
+    def on_processing_time(self, now_ns: int, output: Output) -> None:
+        """Emit the corrections that came back, and re-request those restored from a
+        checkpoint (called by the source task on every tick)."""
+        if self.corrections is None:
+            return
+        for kg in sorted(self._groups):
+            group = self._groups[kg]
+            if group.resubmit:
+                group.resubmit = False
+                self._resubmit(kg, group, output)
+            for result in self.corrections.take(kg, self.tier.name):
+                self._apply_correction(kg, group, result, output)
+
+    def _resubmit(self, kg: int, group: _KeyGroup, output: Output) -> None:
+        backend, _ = self._state()
+        ids, ends, seq = pending_entries(backend, kg)
+        if ids.shape[0]:
+            logger.info(
+                "%s: requesting %d restored corrections again key_group=%d",
+                self.uid,
+                ids.shape[0],
+                kg,
+            )
+            self._emit_request(kg, group, ids, ends, seq, output)
+
+    def _apply_correction(
+        self, kg: int, group: _KeyGroup, result: CorrectionResult, output: Output
+    ) -> None:
+        """Emit re-derived rows (they replace the stored rows downstream) and settle the
+        pending entries they answer (those not asked again since)."""
+        batch = result.batch
+        backend, _ = self._state()
+        if len(batch):
+            ids = self._map_keys(kg, group, batch.keys)[batch.key_idx]
+            settle_pending(backend, kg, ids, batch.window_start_ns + self.window_ns, result.seq)
+            self.metrics.corrected_rows += len(batch)
+            output.emit(replace(batch, keys=group.dictionary.keys, key_idx=ids))
+        if result.empty_keys:  # nothing in InfluxDB for these (e.g. beyond raw retention)
+            known = [
+                (group.dictionary.get(k), s)
+                for k, s in zip(result.empty_keys, result.empty_window_start_ns, strict=True)
+            ]
+            pairs = [(k, s + self.window_ns) for k, s in known if k is not None]
+            settle_pending(
+                backend,
+                kg,
+                np.array([k for k, _ in pairs], dtype=np.int32),
+                np.array([e for _, e in pairs], dtype=np.int64),
+                result.seq,
+            )
+        lag = max(0, time.time_ns() - result.created_ns)
+        self.metrics.corrections += 1
+        self.metrics.correction_lag_ns_sum += lag
+        self.metrics.correction_lag_ns_max = max(self.metrics.correction_lag_ns_max, lag)
 
     # -- firing ---------------------------------------------------------------------------
     def process_watermark(self, watermark: Watermark, output: Output) -> None:
@@ -450,23 +585,38 @@ def _by_window(entries: Iterable[tuple[bytes, Any]]) -> Iterator[tuple[int, list
 
 
 def build_cascade(
-    tiers: Iterable[TierSpec], allowed_lateness_ns: int = 0, *, uid_prefix: str = "window"
+    tiers: Iterable[TierSpec],
+    allowed_lateness_ns: int = 0,
+    *,
+    uid_prefix: str = "window",
+    corrections: CorrectionInbox | None = None,
+    metrics: Mapping[str, TierWindowMetrics] | None = None,
 ) -> list[TierWindowOperator]:
     """One operator per windowed tier, chained: tier *i* reads tier *i-1*'s partials.
 
     All tiers share ``allowed_lateness_ns`` (measured on the raw points' event time). Since a
     coarse window ends no earlier than any fine window inside it, a fine partial re-emitted
     within the lateness is always within the coarse tier's lateness too. Uids are
-    ``f"{uid_prefix}-{tier.name}"``.
+    ``f"{uid_prefix}-{tier.name}"``. With ``corrections`` (where re-derived windows come
+    back), windows whose state is gone are corrected instead of left as they were.
+    ``metrics``: shared counters per tier name (else each operator counts for itself).
     """
     specs = validate_tiers(tuple(tiers))
     operators: list[TierWindowOperator] = []
     previous = 0
+    previous_name = RAW_TIER
     for tier in specs[1:]:
         operators.append(
             TierWindowOperator(
-                f"{uid_prefix}-{tier.name}", tier, allowed_lateness_ns, input_window_ns=previous
+                f"{uid_prefix}-{tier.name}",
+                tier,
+                allowed_lateness_ns,
+                input_window_ns=previous,
+                input_tier=previous_name,
+                corrections=corrections,
+                metrics=None if metrics is None else metrics.get(tier.name),
             )
         )
         previous = tier.window_ns
+        previous_name = tier.name
     return operators

@@ -7,26 +7,34 @@ Semantics (documented in docs/windows.md):
   ``ts >= watermark`` is on time, a point with ``ts < watermark`` is late (the operators
   downstream decide what late means for them, see ``allowed_lateness_ns``). A watermark with
   timestamp ``t`` means "no more points with ``ts < t``" (records.Watermark).
+* **Per record.** Lateness is judged per row against the watermark *as of that row's
+  position in the partition's log*: ``max(watermark before the batch, running max of the
+  event times up to the row - bound)`` (``np.maximum.accumulate``), attached to the batch as
+  ``RecordBatch.row_watermark_ns``. Any split of the same log into fetch batches therefore
+  judges every row alike; the ``Watermark`` element still goes out once, after the batch.
+* **Future points.** A row whose event time is more than ``max_future_ns`` ahead of its
+  receive time (``RecordBatch.received_ns``, which travels with the record) does not count
+  in the maximum: one point dated a day ahead cannot make the rest of its partition late. It
+  is counted (``future_points``) and waits in its window until the watermark gets there.
 * **Idleness.** A key group is idle when its *source says so*
   (:class:`~metricsflow.runtime.source.WatermarkStatus`): ``IDLE`` = the reader has nothing to
   read (caught up), ``ACTIVE`` = input is or may be waiting (also while the reader is held back
   by backpressure or cut off from its broker). Missing batches alone never make a key group
-  idle. Once a key group has been quiet *and* idle for ``idle_timeout_ns`` of wall-clock time,
-  its event time is assumed to keep going at the wall clock's rate: at wall-clock time ``now``
-  the watermark is ``max(watermark, base + (now - quiet_since - idle_timeout_ns))`` where
-  ``quiet_since`` is the later of the last batch and the moment the source reported ``IDLE``,
-  and ``base`` the watermark at that moment. The watermark starts moving exactly
-  ``idle_timeout_ns`` after that, continuously (no jump), so any window of a quiet key group
-  closes after at most ``idle_timeout + window size + max_out_of_orderness`` of idle wall-clock
-  time, and a pause in a backfill of old data does not push the watermark to "now". ``ACTIVE``
-  stops the advance at once. A generator nobody reports a status to (used without a source,
-  e.g. in unit tests) counts every quiet moment as idle.
+  idle. Once a key group has been quiet *and* idle for ``idle_timeout_ns`` of wall-clock time
+  (quiet since the later of its last batch and the ``IDLE`` report), its watermark follows the
+  wall clock: ``max(watermark, now - max_out_of_orderness_ns)``. So after a backfill of
+  two-hour-old data every window up to "now" is written within about ``idle_timeout`` of the
+  end of the backfill. Points that arrive later for windows closed that way are late, and the
+  window operators correct those windows (docs/windows.md, "Corrections"): never lost.
+  ``ACTIVE`` stops the advance at once. A generator nobody reports a status to (used without
+  a source, e.g. in unit tests) counts every quiet moment as idle.
 * The watermark **never moves backwards** (new input can only raise it).
 
-Determinism: without idleness the watermark is a pure function of the input and its batch
-boundaries, so replay from a checkpoint is exact. Idle advances depend on the wall clock; they
-are the only non-replayable input, and only matter for data arriving after a quiet period in
-which the source had nothing to read.
+Determinism: without idleness the watermark is a pure function of the partition's log (not
+of its batch boundaries), so replay from a checkpoint judges every row as the live run did.
+Idle advances depend on the wall clock; they are the only non-replayable input. A replay may
+therefore accept a row the live run judged late, or the reverse; both paths end in the same
+tier rows (a late row's windows are re-derived from InfluxDB), see docs/windows.md.
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.errors import ConfigurationError, SerializationError
@@ -57,6 +66,13 @@ logger = logging.getLogger(__name__)
 
 #: The largest watermark: "end of input" (fires every window).
 MAX_WATERMARK_NS = 2**63 - 1
+#: Row watermark of a row before the key group's first eligible point: nothing is late.
+_NO_WATERMARK = -(2**63)
+_NO_MAX = 2**63 - 1
+#: Default of :attr:`WatermarkStrategy.max_future_ns`: 10 minutes.
+DEFAULT_MAX_FUTURE_NS = 600 * 1_000_000_000
+
+Int64Array = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +110,6 @@ class WatermarkGenerator:
 
     __slots__ = (
         "_active",
-        "_base_ns",
         "_max_ts_ns",
         "_quiet_since_ns",
         "_strategy",
@@ -107,7 +122,6 @@ class WatermarkGenerator:
         self._strategy = strategy
         self._max_ts_ns = resume_state.max_event_ts_ns if resume_state else None
         self._watermark_ns = resume_state.watermark_ns if resume_state else None
-        self._base_ns = self._watermark_ns
         self._quiet_since_ns: int | None = None
         self._active = False
 
@@ -126,16 +140,46 @@ class WatermarkGenerator:
         return WatermarkStatus.ACTIVE if self._active else WatermarkStatus.IDLE
 
     def on_events(self, max_ts_ns: int, now_ns: int) -> int | None:
-        """A batch whose largest event time is ``max_ts_ns`` arrived at wall time ``now_ns``.
-
-        Returns the new watermark if it advanced, else ``None``.
-        """
+        """A batch whose largest (watermark-eligible) event time is ``max_ts_ns`` arrived at
+        wall time ``now_ns``. Returns the new watermark if it advanced, else ``None``."""
         if self._max_ts_ns is None or max_ts_ns > self._max_ts_ns:
             self._max_ts_ns = max_ts_ns
         advanced = self._raise_to(self._max_ts_ns - self._strategy.max_out_of_orderness_ns)
         self._quiet_since_ns = now_ns
-        self._base_ns = self._watermark_ns
         return advanced
+
+    def on_batch(
+        self, ts_ns: Int64Array, received_ns: Int64Array | None, now_ns: int
+    ) -> tuple[Int64Array, int | None, int]:
+        """A batch of event times (in log order) arrived at wall time ``now_ns``.
+
+        Returns ``(row watermarks, new watermark or None, future rows)``: the watermark as of
+        each row (``_NO_WATERMARK`` where there is none yet), the watermark after the batch
+        if it advanced, and how many rows were future points (ignored by the maximum).
+        """
+        eligible = ts_ns
+        future = 0
+        limit = self._strategy.max_future_ns
+        if received_ns is not None and limit is not None:
+            ahead = ts_ns > received_ns + np.minimum(limit, _NO_MAX - received_ns)
+            future = int(np.count_nonzero(ahead))
+            if future:
+                eligible = np.where(ahead, _NO_WATERMARK, ts_ns)
+        running = np.maximum.accumulate(eligible)
+        prior = self._max_ts_ns
+        if prior is not None:
+            np.maximum(running, prior, out=running)
+        bound = self._strategy.max_out_of_orderness_ns
+        rows = np.where(running == _NO_WATERMARK, _NO_WATERMARK, running - bound)
+        if self._watermark_ns is not None:
+            np.maximum(rows, self._watermark_ns, out=rows)
+        advanced = None
+        last_max = int(running[-1])
+        if last_max != _NO_WATERMARK:
+            advanced = self.on_events(last_max, now_ns)
+        else:
+            self._quiet_since_ns = now_ns
+        return rows, advanced, future
 
     def mark_active(self) -> None:
         """The source has (or may have) input: the wall clock stops moving the watermark."""
@@ -149,7 +193,6 @@ class WatermarkGenerator:
         self._active = False
         if self._quiet_since_ns is None or now_ns > self._quiet_since_ns:
             self._quiet_since_ns = now_ns
-        self._base_ns = self._watermark_ns
 
     def on_processing_time(self, now_ns: int) -> int | None:
         """A wall-clock tick: advance the watermark if the key group is idle for longer than
@@ -164,12 +207,11 @@ class WatermarkGenerator:
             # first reading after start or restore: the idle timer starts now
             self._quiet_since_ns = now_ns
             return None
-        if self._base_ns is None:
+        if self._watermark_ns is None:
             return None  # no event seen yet: nothing to close
-        idle_for = now_ns - self._quiet_since_ns - idle_timeout
-        if idle_for <= 0:
+        if now_ns - self._quiet_since_ns < idle_timeout:
             return None
-        return self._raise_to(min(self._base_ns + idle_for, MAX_WATERMARK_NS))
+        return self._raise_to(now_ns - self._strategy.max_out_of_orderness_ns)
 
     def is_idle(self, now_ns: int) -> bool:
         """Idle for at least the idle timeout (the wall clock moves the watermark)."""
@@ -198,11 +240,13 @@ class WatermarkStrategy:
 
     ``max_out_of_orderness_ns``: how far behind the newest point a point may be and still be on
     time. ``idle_timeout_ns``: quiet wall-clock time after which a key group's watermark
-    advances with the clock (``None``: never).
+    follows the clock (``None``: never). ``max_future_ns``: a point more than this ahead of its
+    receive time does not advance the watermark (``None``: every point does).
     """
 
     max_out_of_orderness_ns: int
     idle_timeout_ns: int | None = None
+    max_future_ns: int | None = DEFAULT_MAX_FUTURE_NS
 
     def __post_init__(self) -> None:
         if self.max_out_of_orderness_ns < 0:
@@ -213,36 +257,63 @@ class WatermarkStrategy:
             raise ConfigurationError(
                 f"idle_timeout_ns must be > 0 or None, got {self.idle_timeout_ns}"
             )
+        if self.max_future_ns is not None and self.max_future_ns < 0:
+            raise ConfigurationError(
+                f"max_future_ns must be >= 0 or None, got {self.max_future_ns}"
+            )
 
     @classmethod
-    def of(cls, max_out_of_orderness: str, idle_timeout: str | None = None) -> WatermarkStrategy:
+    def of(
+        cls,
+        max_out_of_orderness: str,
+        idle_timeout: str | None = None,
+        max_future: str | None = "10m",
+    ) -> WatermarkStrategy:
         """From durations: ``WatermarkStrategy.of("30s", idle_timeout="1m")``."""
         bound = (
             0 if max_out_of_orderness in ("0", "0s") else parse_duration_ns(max_out_of_orderness)
         )
         idle = None if idle_timeout is None else parse_duration_ns(idle_timeout)
-        return cls(bound, idle or None)
+        future = None if max_future is None else parse_duration_ns(max_future)
+        return cls(bound, idle or None, future or None)
 
     def build(self, resume_state: WatermarkGeneratorState | None) -> WatermarkGenerator:
         """A generator for one key group, resumed from ``resume_state`` (None: fresh)."""
         return WatermarkGenerator(self, resume_state)
 
 
+@dataclass(slots=True)
+class WatermarkMetrics:
+    """Counters of watermark assigners (may be shared by every chain of a worker, so that
+    they stay monotonic across restarts and rebalances); metrics, not state."""
+
+    future_points: int = 0
+    """rows more than ``max_future_ns`` ahead of their receive time"""
+
+
 class WatermarkAssigner(Operator):
-    """Forwards every batch unchanged and emits a :class:`Watermark` per key group when it
-    advances: after each ``RecordBatch`` and on idle ticks (:meth:`on_processing_time`).
+    """Forwards every batch, a ``RecordBatch`` with its per-row watermarks attached
+    (``row_watermark_ns``), and emits a :class:`Watermark` per key group when it advances:
+    after each ``RecordBatch`` and on idle ticks (:meth:`on_processing_time`).
 
     Upstream watermarks are dropped: this operator is where watermarks are born. Its state
     (one :class:`WatermarkGeneratorState` per key group) is operator state, one
     ``OperatorStateHandle`` per key group, so it moves with its key group.
     """
 
-    def __init__(self, uid: str, strategy: WatermarkStrategy, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        uid: str,
+        strategy: WatermarkStrategy,
+        clock: Clock | None = None,
+        metrics: WatermarkMetrics | None = None,
+    ) -> None:
         super().__init__(uid)
         self.strategy = strategy
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._generators: dict[int, WatermarkGenerator] = {}
         self._key_groups: frozenset[int] = frozenset()
+        self.metrics = metrics if metrics is not None else WatermarkMetrics()
 
     @property
     def is_stateful(self) -> bool:
@@ -279,6 +350,10 @@ class WatermarkAssigner(Operator):
             gen = self._generators[key_group] = self.strategy.build(None)
         return gen
 
+    @property
+    def future_points(self) -> int:
+        return self.metrics.future_points
+
     def current_watermark_ns(self, key_group: int) -> int | None:
         gen = self._generators.get(key_group)
         return None if gen is None else gen.current_watermark_ns
@@ -286,11 +361,20 @@ class WatermarkAssigner(Operator):
     def process_batch(
         self, batch: RecordBatch | AggregateBatch | RawLinesBatch, output: Output
     ) -> None:
-        output.emit(batch)
         if not isinstance(batch, RecordBatch) or len(batch) == 0:
+            output.emit(batch)
             return
-        max_ts = int(np.max(batch.ts_ns))
-        advanced = self.generator(batch.key_group).on_events(max_ts, self._clock.now_ns())
+        rows, advanced, future = self.generator(batch.key_group).on_batch(
+            batch.ts_ns, batch.received_ns, self._clock.now_ns()
+        )
+        if future:
+            self.metrics.future_points += future
+            logger.info(
+                "future points do not advance the watermark key_group=%d points=%d",
+                batch.key_group,
+                future,
+            )
+        output.emit(replace(batch, row_watermark_ns=rows))
         if advanced is not None:
             output.emit_watermark(Watermark(batch.key_group, advanced))
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from metricsflow.job.runner import DownsamplingRunner
@@ -85,6 +90,50 @@ class WorkerCollector(Collector):
         for kg, count in sorted(r.recovery.refused.items()):
             refused.add_metric([str(kg)], count)
         yield refused
+        yield counter(
+            "future_points",
+            "Points more than max_future ahead of their receive time (they do not advance "
+            "the watermark).",
+            r.metrics.watermarks.future_points,
+        )
+        corrected = CounterMetricFamily(
+            p + "tier_corrections",
+            "Tier rows re-derived from InfluxDB because their window's state was gone.",
+            labels=["tier"],
+        )
+        lag_sum = lag_count = lag_max = 0
+        for tier, tm in r.metrics.tiers.items():
+            corrected.add_metric([tier], tm.corrected_rows)
+            lag_sum += tm.correction_lag_ns_sum
+            lag_count += tm.corrections
+            lag_max = max(lag_max, tm.correction_lag_ns_max)
+        yield corrected
+        yield GaugeMetricFamily(
+            p + "correction_backlog",
+            "(series, window) pairs waiting to be re-derived.",
+            value=r.corrections.backlog,
+        )
+        yield SummaryMetricFamily(
+            p + "correction_lag_seconds",
+            "From a late row's arrival to its corrected tier row being emitted, per tier.",
+            count_value=lag_count,
+            sum_value=lag_sum / 1e9,
+        )
+        yield GaugeMetricFamily(
+            p + "correction_lag_max_seconds",
+            "The largest correction lag seen.",
+            value=lag_max / 1e9,
+        )
+        yield counter(
+            "correction_queries",
+            "InfluxDB queries run by corrections.",
+            r.corrections.stats.queries,
+        )
+        yield counter(
+            "correction_failures",
+            "Correction batches that failed (retried after the next restore).",
+            r.corrections.stats.failures,
+        )
         yield counter("rebalances", "Partition assignments received.", src.rebalances)
         lag = GaugeMetricFamily(
             p + "consumer_lag", "Records behind the partition's end.", labels=["partition"]

@@ -271,8 +271,19 @@ class WorkerSettings(BaseSettings):
         default="30s",
         description=(
             "After a partition has been caught up and quiet this long (wall clock), its "
-            "watermark advances with the clock, so its last windows get written. Empty: never "
-            "(a quiet partition's windows stay open until new data arrives)."
+            "watermark jumps to the wall clock minus max_out_of_orderness and follows it, so "
+            "its windows up to now get written (after a backfill too). Points that arrive "
+            "later for those windows are corrections. Empty: never (a quiet partition's "
+            "windows stay open until new data arrives)."
+        ),
+    )
+    max_future: str = Field(
+        default="10m",
+        description=(
+            "A point whose timestamp is more than this ahead of the time the gateway received "
+            "it does not advance its partition's watermark (it is stored, counted in "
+            "future_points_total, and joins its tier when its window's time comes). Empty: "
+            "every point advances the watermark."
         ),
     )
     allowed_lateness: str = Field(
@@ -518,6 +529,7 @@ class WorkerSettings(BaseSettings):
                 tiers=parse_tiers(self.tiers),
                 max_out_of_orderness=self.max_out_of_orderness,
                 idle_timeout=self.idle_timeout or None,
+                max_future=self.max_future or None,
                 allowed_lateness_ns=parse_duration_ns(self.allowed_lateness)
                 if self.allowed_lateness not in ("0", "0s")
                 else 0,

@@ -32,6 +32,7 @@ from gateway.query.base import TIER_HEADER, QuerySettings
 from gateway.query.router import create_query_router
 from gateway.query.testing import MINUTE_NS, TieredDataset, write_tiered_dataset
 from metricsflow.infra.influxdb import InfluxDBServer
+from metricsflow.windows.operator import TierWindowMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -472,6 +473,11 @@ def worker_metric_names() -> set[str]:
         ),
         late=SimpleNamespace(points=0),
         recovery=SimpleNamespace(refused={}),
+        metrics=SimpleNamespace(
+            watermarks=SimpleNamespace(future_points=0),
+            tiers={"1m": TierWindowMetrics()},
+        ),
+        corrections=SimpleNamespace(backlog=0, stats=SimpleNamespace(queries=0, failures=0)),
         job=SimpleNamespace(
             key_groups=[0], source_task=no_task, coordinator=SimpleNamespace(history=[checkpoint])
         ),

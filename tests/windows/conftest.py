@@ -13,7 +13,14 @@ import pytest
 from metricsflow.checkpointing.protocol import CheckpointBarrier
 from metricsflow.checkpointing.storage import FsCheckpointStorage
 from metricsflow.runtime.base import Operator, OperatorContext, Output, StateInitializationContext
-from metricsflow.runtime.records import AggregateBatch, RawLinesBatch, RecordBatch, Watermark
+from metricsflow.runtime.records import (
+    AggregateBatch,
+    CorrectionRequest,
+    RawLinesBatch,
+    RecordBatch,
+    SideOutput,
+    Watermark,
+)
 from metricsflow.state.base import KeyedStateBackend
 from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle
 from metricsflow.state.heap import HeapKeyedStateBackend
@@ -69,6 +76,7 @@ class Recorder(Output):
 
     elements: list[Any] = field(default_factory=list)
     late: list[RecordBatch] = field(default_factory=list)
+    requests: list[CorrectionRequest] = field(default_factory=list)
 
     def emit(self, element: RecordBatch | AggregateBatch | RawLinesBatch) -> None:
         self.elements.append(element)
@@ -76,7 +84,11 @@ class Recorder(Output):
     def emit_watermark(self, watermark: Watermark) -> None:
         self.elements.append(watermark)
 
-    def emit_side(self, tag: str, element: RecordBatch) -> None:
+    def emit_side(self, tag: str, element: SideOutput) -> None:
+        if isinstance(element, CorrectionRequest):
+            assert tag == "correct"
+            self.requests.append(element)
+            return
         assert tag == "late"
         self.late.append(element)
 
@@ -103,7 +115,7 @@ class _Link(Output):
         if self.downstream is not None and self.next_out is not None:
             self.downstream.process_watermark(watermark, self.next_out)
 
-    def emit_side(self, tag: str, element: RecordBatch) -> None:
+    def emit_side(self, tag: str, element: SideOutput) -> None:
         self.tap.emit_side(tag, element)
 
 
@@ -150,6 +162,13 @@ class Chain:
     def finish(self) -> None:
         for op, out in zip(self.operators, self.outputs, strict=True):
             op.finish(out)
+
+    def tick(self, now_ns: int = 0) -> None:
+        """A processing-time tick for every operator that takes one (as the task does)."""
+        for op, out in zip(self.operators, self.outputs, strict=True):
+            callback = getattr(op, "on_processing_time", None)
+            if callback is not None:
+                callback(now_ns, out)
 
     def checkpoint(self, checkpoint_id: int) -> list[tuple[list[KeyGroupStateHandle], list[Any]]]:
         """Snapshot every operator (as a task does on a barrier) and persist it now."""

@@ -3,11 +3,12 @@
 The reference below is plain Python over dicts and shares no code with the engine. It models
 the engine's documented semantics (docs/windows.md):
 
-* a batch is judged against the watermark *before* it: a point is late iff
-  ``end of its finest window + allowed lateness <= watermark``; late points go to side output
-  ``"late"`` and nowhere else;
+* a point is judged against the watermark *as of its own position* in the log:
+  ``max(wm before its batch, max event time up to it - bound)``; it is late iff
+  ``end of its finest window + allowed lateness <= that watermark``; late points go to side
+  output ``"late"`` and nowhere else;
 * after a batch, the watermark of its key group is ``max(wm, max event time - bound)``; on an
-  idle tick ``max(wm, wm_after_last_batch + (now - last_batch_wall - idle_timeout))``;
+  idle tick at least ``idle_timeout`` after the last batch, ``max(wm, now - bound)``;
 * every tier's final result (last emitted row per key and window, as the sink overwrites)
   aggregates the accepted points after dedupe (last arrival per key + ts).
 
@@ -110,7 +111,6 @@ def reference(stream: dict[str, Any]) -> tuple[dict[str, dict[Any, Any]], Counte
     wm: dict[int, int] = {}
     max_ts: dict[int, int] = {}
     last_input: dict[int, int] = {}
-    base: dict[int, int] = {}
     latest: dict[tuple[int, str, int], float] = {}  # (kg, key, ts) -> value, last arrival wins
     late: Counter[Any] = Counter()
     for step in stream["steps"]:
@@ -119,22 +119,21 @@ def reference(stream: dict[str, Any]) -> tuple[dict[str, dict[Any, Any]], Counte
             if idle is None:
                 continue
             for kg in last_input:
-                quiet = wall - last_input[kg] - idle
-                if quiet > 0 and base[kg] + quiet > wm[kg]:
-                    wm[kg] = base[kg] + quiet
+                if wall - last_input[kg] >= idle:
+                    wm[kg] = max(wm[kg], wall - bound)
             continue
         _, kg, rows, _ = step
         wall += S
-        for k, ts, v in rows:
+        for k, ts, v in rows:  # one record at a time: the watermark as of each row
             key = key_name(kg, k)
             window_end = (ts // FINEST + 1) * FINEST
-            if kg in wm and window_end + lateness <= wm[kg]:
+            max_ts[kg] = max(max_ts.get(kg, -(2**62)), ts)
+            wm[kg] = max(wm.get(kg, -(2**62)), max_ts[kg] - bound)
+            if window_end + lateness <= wm[kg]:
                 late[(kg, key, ts, v)] += 1
             else:
                 latest[(kg, key, ts)] = v
-        max_ts[kg] = max([max_ts.get(kg, -(2**62))] + [ts for _, ts, _ in rows])
-        wm[kg] = max(wm.get(kg, -(2**62)), max_ts[kg] - bound)
-        last_input[kg], base[kg] = wall, wm[kg]
+        last_input[kg] = wall
     tiers: dict[str, dict[Any, Any]] = {}
     for name, size in WINDOWS.items():
         groups: dict[tuple[int, str, int], list[tuple[int, float]]] = {}

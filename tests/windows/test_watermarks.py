@@ -83,25 +83,24 @@ def test_the_watermark_never_moves_backwards(max_ts: list[int]) -> None:
     assert seen[-1] == max(max_ts) - 7
 
 
-def test_an_idle_key_group_advances_with_the_wall_clock_after_the_idle_timeout() -> None:
+def test_an_idle_key_group_follows_the_wall_clock_minus_the_bound_after_the_idle_timeout() -> None:
     gen = WatermarkStrategy(5 * S, idle_timeout_ns=30 * S).build(None)
-    gen.on_events(100 * S, now_ns=1000 * S)
+    gen.on_events(100 * S, now_ns=1000 * S)  # a backfill: event time far behind the clock
     assert gen.on_processing_time(1029 * S) is None
-    assert gen.on_processing_time(1030 * S) is None  # exactly the timeout: not yet moving
-    assert gen.on_processing_time(1031 * S) == 96 * S
-    assert gen.on_processing_time(1090 * S) == 155 * S
+    assert gen.on_processing_time(1030 * S) == 1025 * S  # the timeout: up to now - bound
+    assert gen.on_processing_time(1090 * S) == 1085 * S
     assert gen.is_idle(1090 * S)
 
 
 def test_new_input_after_idleness_restarts_the_idle_timer_and_keeps_the_watermark() -> None:
     gen = WatermarkStrategy(0, idle_timeout_ns=10 * S).build(None)
-    gen.on_events(100 * S, now_ns=0)
-    gen.on_processing_time(60 * S)  # idle for 50 s beyond the timeout
-    assert gen.current_watermark_ns == 150 * S
-    assert gen.on_events(120 * S, now_ns=61 * S) is None  # older data does not pull it back
-    assert gen.current_watermark_ns == 150 * S
-    assert gen.on_processing_time(70 * S) is None
-    assert gen.on_processing_time(72 * S) == 151 * S
+    gen.on_events(100 * S, now_ns=100 * S)
+    gen.on_processing_time(160 * S)  # idle
+    assert gen.current_watermark_ns == 160 * S
+    assert gen.on_events(120 * S, now_ns=161 * S) is None  # older data does not pull it back
+    assert gen.current_watermark_ns == 160 * S
+    assert gen.on_processing_time(170 * S) is None  # the timer restarted at 161 s
+    assert gen.on_processing_time(171 * S) == 171 * S
 
 
 def test_a_key_group_without_any_event_gets_no_watermark_when_idle() -> None:
@@ -131,13 +130,16 @@ def test_a_resumed_generator_continues_from_its_snapshot_and_restarts_its_idle_t
     resumed = strategy.build(gen.snapshot())
     assert resumed.current_watermark_ns == 49 * S
     assert resumed.on_processing_time(100 * S) is None  # first reading starts the timer
-    assert resumed.on_processing_time(111 * S) == 50 * S
+    assert resumed.on_processing_time(109 * S) is None
+    assert resumed.on_processing_time(110 * S) == 109 * S
     assert resumed.on_events(40 * S, now_ns=112 * S) is None
 
 
 def test_strategy_durations_parse_and_invalid_ones_are_refused() -> None:
-    assert WatermarkStrategy.of("30s", "1m") == WatermarkStrategy(30 * S, 60 * S)
-    assert WatermarkStrategy.of("0s") == WatermarkStrategy(0, None)
+    assert WatermarkStrategy.of("30s", "1m") == WatermarkStrategy(30 * S, 60 * S, 600 * S)
+    assert WatermarkStrategy.of("0s", max_future=None) == WatermarkStrategy(0, None, None)
+    with pytest.raises(ConfigurationError):
+        WatermarkStrategy(0, max_future_ns=-1)
     with pytest.raises(ConfigurationError):
         WatermarkStrategy(-1)
     with pytest.raises(ConfigurationError):
@@ -149,9 +151,44 @@ def test_the_assigner_forwards_batches_and_emits_a_watermark_only_when_it_advanc
     b1, b2, b3 = batch(0, 10, 12), batch(0, 11), batch(1, 3)
     for b in (b1, b2, b3):
         op.process_batch(b, out)
-    assert out.elements == [b1, Watermark(0, 7 * S), b2, b3, Watermark(1, -2 * S)]
+    batches = [e for e in out.elements if isinstance(e, RecordBatch)]
+    assert [b.ts_ns.tolist() for b in batches] == [b.ts_ns.tolist() for b in (b1, b2, b3)]
+    assert out.watermarks() == [Watermark(0, 7 * S), Watermark(1, -2 * S)]
+    assert [type(e).__name__ for e in out.elements] == [
+        "RecordBatch",
+        "Watermark",
+        "RecordBatch",
+        "RecordBatch",
+        "Watermark",
+    ]
+    # each row carries the watermark as of its own position in the log
+    assert [b.row_watermark_ns.tolist() for b in batches if b.row_watermark_ns is not None] == [
+        [5 * S, 7 * S],
+        [7 * S],
+        [-2 * S],
+    ]
     op.process_watermark(Watermark(0, 10**18), out)  # upstream watermarks are dropped
     assert len(out.elements) == 5
+
+
+def test_a_point_far_ahead_of_its_receive_time_does_not_advance_the_watermark() -> None:
+    op, out = assigner(bound_s=5), Out()
+    day = 86_400 * S
+    received = np.array([100 * S, 100 * S, 101 * S], dtype=np.int64)
+    ts = np.array([100 * S, 100 * S + day, 99 * S], dtype=np.int64)
+    op.process_batch(RecordBatch(0, ("k",), np.zeros(3, np.int32), ts, np.ones(3), received), out)
+    assert out.watermarks() == [Watermark(0, 95 * S)]
+    (forwarded,) = [e for e in out.elements if isinstance(e, RecordBatch)]
+    assert forwarded.row_watermark_ns is not None
+    assert forwarded.row_watermark_ns.tolist() == [95 * S, 95 * S, 95 * S]
+    assert op.future_points == 1
+    # 10 minutes ahead is the default limit: 9 minutes ahead still counts
+    near = np.array([100 * S + 540 * S], dtype=np.int64)
+    op.process_batch(
+        RecordBatch(0, ("k",), np.zeros(1, np.int32), near, np.ones(1), received[:1]), out
+    )
+    assert out.watermarks()[-1] == Watermark(0, 635 * S)
+    assert op.future_points == 1
 
 
 def test_the_assigner_emits_idle_watermarks_on_processing_time_ticks() -> None:
@@ -163,7 +200,8 @@ def test_the_assigner_emits_idle_watermarks_on_processing_time_ticks() -> None:
     op.process_batch(batch(1, 101), out)
     clock.advance(25 * S)  # key group 0 quiet for 35 s, key group 1 for 25 s
     op.on_processing_time(clock.now_ns(), out)
-    assert out.watermarks()[-1] == Watermark(0, 100 * S)  # 95 s + (35 - 30) s
+    assert out.watermarks()[-1] == Watermark(0, 1030 * S)  # the wall clock minus the bound
+    assert op.current_watermark_ns(1) == 96 * S
 
 
 def test_an_idle_partition_closes_its_last_window_downstream(tmp_path: Any) -> None:
@@ -182,14 +220,14 @@ def test_an_idle_partition_closes_its_last_window_downstream(tmp_path: Any) -> N
             window.process_watermark(watermark, out)
 
     into = Into()
+    clock.set(50 * S)
     op.process_batch(batch(0, 50), into)  # last point of the partition, window [0, 60 s)
-    for _ in range(8):  # 40 s quiet: watermark 45 s + (40 - 30) s = 55 s < 60 s
+    for _ in range(5):  # 25 s quiet: not idle yet
         clock.advance(5 * S)
         op.on_processing_time(clock.now_ns(), into)
     assert not any(isinstance(e, AggregateBatch) for e in out.elements)
-    for _ in range(2):  # 50 s quiet: watermark 65 s >= 60 s, the window fires
-        clock.advance(5 * S)
-        op.on_processing_time(clock.now_ns(), into)
+    clock.advance(5 * S)  # 30 s quiet: the watermark jumps to now - bound = 75 s >= 60 s
+    op.on_processing_time(clock.now_ns(), into)
     assert [len(e) for e in out.elements if isinstance(e, AggregateBatch)] == [1]
 
 
@@ -244,24 +282,25 @@ def test_the_idle_timer_starts_when_the_source_reports_idle_not_at_the_last_batc
     gen.on_events(100 * S, now_ns=1000 * S)
     gen.mark_idle(1100 * S)  # 100 s of backpressure, then the reader caught up
     assert gen.status is WatermarkStatus.IDLE
-    assert gen.on_processing_time(1130 * S) is None  # exactly the timeout: not yet moving
-    assert gen.on_processing_time(1131 * S) == 96 * S  # 95 s + (31 - 30) s, no jump
-    assert gen.on_processing_time(1190 * S) == 155 * S
+    assert gen.on_processing_time(1129 * S) is None  # not idle for the timeout yet
+    assert gen.on_processing_time(1130 * S) == 1125 * S  # now - bound
+    assert gen.on_processing_time(1190 * S) == 1185 * S
     assert gen.is_idle(1190 * S)
 
 
 def test_reporting_active_stops_an_idle_advance_at_once_and_keeps_the_watermark() -> None:
     gen = WatermarkStrategy(0, idle_timeout_ns=10 * S).build(None)
     gen.mark_active()
-    gen.on_events(100 * S, now_ns=0)
-    gen.mark_idle(0)
-    assert gen.on_processing_time(20 * S) == 110 * S
+    gen.on_events(100 * S, now_ns=100 * S)
+    gen.mark_idle(100 * S)
+    assert gen.on_processing_time(120 * S) == 120 * S
     gen.mark_active()
     assert gen.on_processing_time(500 * S) is None
-    assert gen.current_watermark_ns == 110 * S
-    gen.mark_idle(600 * S)  # a second quiet period starts from the advanced watermark
+    assert gen.current_watermark_ns == 120 * S
+    gen.mark_idle(600 * S)  # a second quiet period
     gen.mark_idle(650 * S)  # repeated reports do not restart the timer
-    assert gen.on_processing_time(615 * S) == 115 * S
+    assert gen.on_processing_time(609 * S) is None
+    assert gen.on_processing_time(615 * S) == 615 * S
 
 
 def test_the_assigner_routes_source_statuses_to_their_key_group() -> None:
@@ -273,6 +312,6 @@ def test_the_assigner_routes_source_statuses_to_their_key_group() -> None:
     op.on_watermark_status(0, WatermarkStatus.IDLE, clock.now_ns(), out)  # caught up
     clock.advance(40 * S)  # key group 1 is held back by backpressure meanwhile
     op.on_processing_time(clock.now_ns(), out)
-    assert out.watermarks()[-1] == Watermark(0, 105 * S)
+    assert out.watermarks()[-1] == Watermark(0, 1035 * S)
     assert op.current_watermark_ns(1) == 95 * S
     assert op.generator(1).status is WatermarkStatus.ACTIVE
