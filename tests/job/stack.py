@@ -290,6 +290,14 @@ def query(url: str, db: str, q: str) -> list[dict[str, Any]]:
 
 
 def tier_rows(stack: Stack, tier: str) -> dict[tuple[str, int], dict[str, float]]:
+    r = httpx.get(
+        f"{stack.influx.url}/query",
+        params={"db": stack.db, "q": f'SELECT * FROM "{tier}"."m" GROUP BY *', "epoch": "ns"},
+        timeout=60,
+    )
+    r.raise_for_status()
+    if "retention policy not found" in r.json()["results"][0].get("error", ""):
+        return {}  # the worker has not written anything yet (a slow start): poll again
     rows = query(stack.influx.url, stack.db, f'SELECT * FROM "{tier}"."m" GROUP BY *')
     return {
         (f"m,host={r['host']}", r["time"]): {
