@@ -1,0 +1,248 @@
+"""The truth invariant on the real stack (docs/windows.md, "The invariant").
+
+Gateway, Kafka, worker processes and InfluxDB (tests/conftest.py, tests/job/stack.py). Several
+generated streams run at once, each on its own measurement, into the same partitions:
+
+* ``inorder``: live points, in order;
+* ``ooo``: points later than allowed lateness + bound (corrections);
+* ``buffer``: an agent's buffer of 4 minutes, replayed 30 minutes late into live traffic;
+* ``rewrite``: retries (same value) and overwrites (new value) of late points, sent after the
+  first versions were corrected;
+* ``future``: one point a day ahead and one 30 s ahead (beyond ``max_future``) among live
+  points of the same series: they must not stop the other windows, and the 30 s one joins its
+  tier when its window's time comes.
+
+Each variant runs with ``max_records_per_fetch`` 1 or 2000, with or without a SIGKILL of the
+worker in the middle of the streams. The oracle is InfluxDB itself: every tier row of every
+window that has ended must equal ``SELECT count(v), sum(v), min(v), max(v), first(v), last(v)
+FROM "raw".<m> ... GROUP BY time(<tier>), *`` (sum and mean within 1e-9 relative), for the
+finest tier and two coarser ones; once equal, the test keeps checking for 30 s that it stays
+equal.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.job.stack import Stack, metrics_of, query, stack_factory
+
+__all__ = ["stack_factory"]
+
+# ruff: noqa: ASYNC251 - the tests drive subprocesses synchronously on purpose
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+S = 1_000_000_000
+TIERS = {"1s": S, "10s": 10 * S, "1m": 60 * S}
+MEASUREMENTS = ("inorder", "ooo", "buffer", "rewrite", "future")
+BOUND_NS = 1 * S
+SETTLE_NS = 10 * S  # windows ending this long before "now" must be final
+STABLE_S = 30.0
+
+
+class Client:
+    """Writes line protocol through the gateway; retries until it is acknowledged."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.url = f"{stack.gateway.url}/write"
+        self.db = stack.db
+        self.http = httpx.Client(timeout=10)
+        self.lock = threading.Lock()
+        self.sent: dict[tuple[str, int], float] = {}
+
+    def write(self, points: list[tuple[str, int, float]]) -> None:
+        body = "\n".join(f"{series} v={value!r} {ts}" for series, ts, value in points)
+        while True:
+            try:
+                r = self.http.post(
+                    self.url, params={"db": self.db, "precision": "ns"}, content=body.encode()
+                )
+                if r.status_code == 204:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        with self.lock:
+            for series, ts, value in points:
+                self.sent[(series, ts)] = value
+
+
+@contextmanager
+def live_traffic(client: Client, rng: random.Random) -> Iterator[None]:
+    """In-order points at the wall clock for ``inorder`` and ``future`` (every 100 ms)."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            while not stop.is_set():
+                now = time.time_ns()
+                points = [(f"inorder,host=h{i}", now + i, rng.uniform(-100, 100)) for i in range(8)]
+                points += [(f"future,host=f{i}", now + i, rng.uniform(-1, 1)) for i in range(2)]
+                client.write(points)
+                stop.wait(0.1)
+        except BaseException as exc:  # surfaced after the block
+            errors.append(exc)
+
+    thread = threading.Thread(target=loop, name="live", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+
+
+def run_streams(client: Client, rng: random.Random, kill: Callable[[], None] | None) -> None:
+    """Every stream but the live one, about 8 s long; ``kill`` is called in the middle."""
+    late: list[tuple[str, int, float]] = []
+    for step in range(16):
+        now = time.time_ns()
+        # out of order by more than allowed lateness (2 s) + bound (1 s): 4 s to 40 s late
+        batch = [
+            (f"ooo,host=o{rng.randrange(6)}", now - rng.randrange(4 * S, 40 * S), rng.random())
+            for _ in range(10)
+        ]
+        client.write(batch)
+        late += batch
+        if step == 3:  # one point a day ahead, one 30 s ahead (max_future is 10 s)
+            client.write([("future,host=f0", now + 86_400 * S, 5.0)])
+            client.write([("future,host=f1", now + 30 * S + 7, 6.0)])
+        if step == 5:  # an agent's 4-minute buffer, 30 minutes late, in four requests
+            start = now - 34 * 60 * S
+            buffer = [
+                (f"buffer,host=b{i}", start + j * S + i, rng.uniform(0, 10))
+                for j in range(240)
+                for i in range(5)
+            ]
+            for k in range(0, len(buffer), 300):
+                client.write(buffer[k : k + 300])
+            late += buffer[::7]
+        if step == 6 and kill is not None:
+            kill()
+        if step == 8:  # late points of their own, first versions
+            first = [(f"rewrite,host=r{i % 4}", now - (60 + i) * S, float(i)) for i in range(40)]
+            client.write(first)
+            late += first
+        if step == 12:  # overwrites (new values) and retries (same values) of late points
+            with client.lock:
+                sent = dict(client.sent)
+            chosen = rng.sample(late, 40)
+            client.write([(s, ts, sent[(s, ts)] + 1000.0) for s, ts, _ in chosen[:20]])
+            client.write([(s, ts, sent[(s, ts)]) for s, ts, _ in chosen[20:]])
+            again = [(s, ts, -v) for s, ts, v in late if s.startswith("rewrite")][:15]
+            client.write(again)
+        time.sleep(0.5)
+
+
+def rows(stack: Stack, q: str) -> dict[tuple[str, int], dict[str, Any]]:
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    r = httpx.get(
+        f"{stack.influx.url}/query", params={"db": stack.db, "q": q, "epoch": "ns"}, timeout=60
+    )
+    if "not found" in r.json()["results"][0].get("error", ""):
+        return out  # nothing written to that retention policy yet
+    for r in query(stack.influx.url, stack.db, q):
+        out[(r["host"], r["time"])] = r
+    return out
+
+
+def compare(stack: Stack, lo: int, hi: int) -> list[str]:
+    """Tier rows vs InfluxQL over raw, for every measurement and tier, windows in [lo, hi)."""
+    problems: list[str] = []
+    for m in MEASUREMENTS:
+        for tier, window in TIERS.items():
+            top = hi - hi % window
+            expected = rows(
+                stack,
+                f'SELECT count(v), sum(v), min(v), max(v), first(v), last(v) FROM "raw"."{m}" '
+                f"WHERE time >= {lo} AND time < {top} GROUP BY time({tier}), * fill(none)",
+            )
+            actual = rows(
+                stack,
+                f'SELECT * FROM "{tier}"."{m}" WHERE time >= {lo} AND time < {top} GROUP BY *',
+            )
+            for key in sorted(set(expected) | set(actual)):
+                e, a = expected.get(key), actual.get(key)
+                where = f"{m}/{tier}/{key}"
+                if e is None or a is None:
+                    problems.append(f"{where}: expected {e} got {a}")
+                    continue
+                for name in ("count", "min", "max", "first", "last"):
+                    if e[name] != a[f"{name}_v"]:
+                        problems.append(f"{where}.{name}: expected {e[name]} got {a[name + '_v']}")
+                if a["sum_v"] is None or not math.isclose(
+                    e["sum"], a["sum_v"], rel_tol=1e-9, abs_tol=1e-9
+                ):
+                    problems.append(f"{where}.sum: expected {e['sum']} got {a['sum_v']}")
+                mean = e["sum"] / e["count"]
+                if a["mean_v"] is None or not math.isclose(
+                    mean, a["mean_v"], rel_tol=1e-9, abs_tol=1e-9
+                ):
+                    problems.append(f"{where}.mean: expected {mean} got {a['mean_v']}")
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("fetch", "sigkill"),
+    [(1, False), (2000, True), (1, True)],
+    ids=["fetch1", "fetch2000-sigkill", "fetch1-sigkill"],
+)
+async def test_every_tier_converges_to_influxdb_group_by_over_raw_and_stays_there(
+    stack_factory: Callable[..., Any], fetch: int, sigkill: bool
+) -> None:
+    stack: Stack = await stack_factory(partitions=2)
+    env = {
+        "METRICSFLOW_TIERS": "raw:7d,1s:7d,10s:7d,1m:7d",
+        "METRICSFLOW_KAFKA_MAX_RECORDS_PER_FETCH": str(fetch),
+        "METRICSFLOW_ALLOWED_LATENESS": "2s",
+        "METRICSFLOW_MAX_FUTURE": "10s",
+    }
+    workers = [stack.worker("w1", **env)]
+
+    def kill() -> None:
+        workers[0].kill()
+        workers[0] = stack.worker("w1", **env)
+
+    rng = random.Random(fetch * 2 + sigkill)
+    client = Client(stack)
+    started = time.time_ns()
+    with live_traffic(client, random.Random(5)):
+        run_streams(client, rng, kill if sigkill else None)
+    lo = started - 40 * 60 * S
+    lo -= lo % (60 * S)
+    deadline = time.monotonic() + 120
+    problems = ["not checked yet"]
+    while time.monotonic() < deadline:
+        problems = compare(stack, lo, time.time_ns() - SETTLE_NS)
+        if not problems:
+            break
+        time.sleep(1)
+    assert not problems, (len(problems), problems[:8])
+    # stays true: nothing stale overwrites a corrected row later
+    stable_until = time.monotonic() + STABLE_S
+    while time.monotonic() < stable_until:
+        problems = compare(stack, lo, time.time_ns() - SETTLE_NS)
+        assert not problems, ("changed after the first match", len(problems), problems[:8])
+        time.sleep(2)
+    # the point 30 s ahead joined its tiers once its windows' time came
+    f1 = rows(
+        stack, 'SELECT * FROM "1s"."future" WHERE "host" = \'f1\' AND "max_v" = 6.0 GROUP BY *'
+    )
+    assert len(f1) == 1, f1
+    metrics = metrics_of(workers[0])
+    if not sigkill:  # a restarted worker counts from zero (and may resume past them)
+        assert metrics["metricsflow_worker_future_points_total"] >= 2
+    assert metrics['metricsflow_worker_tier_corrections_total{tier="1s"}'] > 0
+    assert metrics["metricsflow_worker_correction_backlog"] == 0
+    raw = query(stack.influx.url, stack.db, 'SELECT count(v) FROM "raw"."buffer"')
+    assert raw[0]["count"] == 1200
