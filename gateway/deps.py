@@ -5,8 +5,8 @@ create_app`, the writer from its lifespan); routes ask for them as ``Annotated``
 (``settings: SettingsDep``) and never read ``app.state`` themselves.
 
 Authentication is a dependency too: :class:`WriteEndpoint` (the write routes) and
-:func:`require_token` (``/query``) raise :class:`~gateway.base.UnauthorizedError`, which the
-app's exception handler answers with 401.
+:func:`check_token` (``/query``, see :mod:`gateway.routes.query`) raise
+:class:`~gateway.base.UnauthorizedError`, which the app's exception handler answers with 401.
 """
 
 # No ``from __future__ import annotations``: FastAPI resolves the annotations of a callable
@@ -69,12 +69,6 @@ def check_token(request: Request, tokens: list[str], query_password: str | None)
         raise UnauthorizedError("authorization failed: missing token")
     if not any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens):
         raise UnauthorizedError("authorization failed")
-
-
-def require_token(request: Request, settings: SettingsDep) -> None:
-    """``/query``: reads are guarded by the same tokens as writes (header, or ``p=``), so a
-    gateway with tokens configured does not serve the data it protects to anonymous callers."""
-    check_token(request, settings.tokens, request.query_params.get("p"))
 
 
 @dataclass(frozen=True, slots=True)

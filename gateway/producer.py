@@ -22,7 +22,7 @@ from aiokafka.errors import (
 from gateway.base import KafkaUnavailableError, OverloadedError, ParsedWrite
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
-from metricsflow.model.message import encode_lines
+from metricsflow.model.message import EncodedRecord, encode_lines
 from metricsflow.model.partition import series_hash
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,34 @@ FATAL_PRODUCER_ERRORS: tuple[type[KafkaError], ...] = (
     ProducerFenced,
     IllegalStateError,
 )
+
+
+#: Lines hashed and encoded between two turns of the event loop.
+_SLICE_LINES = 2_000
+
+
+async def encode_by_partition(
+    parsed: ParsedWrite, count: int
+) -> list[tuple[int, list[EncodedRecord]]]:
+    """The request's lines grouped by partition (``series_hash(key) % count``) and encoded,
+    :data:`_SLICE_LINES` at a time with a turn of the event loop in between."""
+    out: list[tuple[int, list[EncodedRecord]]] = []
+    total = len(parsed.lines)
+    for start in range(0, total, _SLICE_LINES):
+        groups: dict[int, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+        end = start + _SLICE_LINES
+        for key, line in zip(parsed.series_keys[start:end], parsed.lines[start:end], strict=True):
+            keys, lines = groups[series_hash(key) % count]
+            keys.append(key)
+            lines.append(line)
+        for partition, (keys, lines) in groups.items():
+            records = encode_lines(
+                keys, lines, parsed.db, parsed.rp, received_ns=parsed.received_ns
+            )
+            out.append((partition, records))
+        if end < total:
+            await asyncio.sleep(0)
+    return out
 
 
 class KafkaWriter:
@@ -149,15 +177,9 @@ class KafkaWriter:
                 async with asyncio.timeout(deadline):
                     partitions = await producer.partitions_for(self.settings.topic)
                     count = len(partitions)
-                    groups: dict[int, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
-                    for key, line in zip(parsed.series_keys, parsed.lines, strict=True):
-                        keys, lines = groups[series_hash(key) % count]
-                        keys.append(key)
-                        lines.append(line)
-                    for partition, (keys, lines) in groups.items():
-                        records = encode_lines(
-                            keys, lines, parsed.db, parsed.rp, received_ns=parsed.received_ns
-                        )
+                    # Hashing and encoding are per line: in slices, yielding to the loop.
+                    batches = await encode_by_partition(parsed, count)
+                    for partition, records in batches:
                         for rec in records:
                             fut = await producer.send(
                                 self.settings.topic,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -101,13 +102,32 @@ class GatewaySettings(BaseSettings):
             "are refused, as InfluxDB 1.x refuses them; 2: they are accepted."
         ),
     )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Seconds a client has to send a write request's whole body; a slower client gets "
+            "408 and its connection's memory back."
+        ),
+    )
+    max_future_s: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "When above 0: points more than this many seconds ahead of the gateway's clock are "
+            "refused (400 naming the point). 0: any time up to 2262-01-01 is accepted. A point "
+            "far ahead moves its partition's watermark (docs/security.md); 86400 suits metrics "
+            "from machines with a sane clock."
+        ),
+    )
     max_inflight_bytes: int = Field(
         default=256_000_000,
         description=(
-            "Backpressure, per gateway process: bytes of (decompressed) request bodies not yet "
-            "settled by Kafka. A request that would go beyond gets 429 with Retry-After; a "
-            "request is always admitted when nothing is in flight. Bounds the gateway's memory "
-            "while Kafka is slow."
+            "Backpressure, per gateway process: the memory cost of the write requests being "
+            "read, parsed or produced (3 x decompressed bytes + 128 per line; JSON 12 x bytes), "
+            "reserved before parsing and held until Kafka settles them. A request that would go "
+            "beyond gets 429 with Retry-After; one that alone costs more gets 413. Bounds the "
+            "gateway's memory under load and attack (docs/security.md)."
         ),
     )
     produce_deadline_s: float = Field(
@@ -168,3 +188,12 @@ class GatewaySettings(BaseSettings):
             max_tag_value_length=self.max_tag_value_length,
             allow_unsigned=self.influxdb_generation >= 2,
         )
+
+    def limits_at(self, received_ns: int) -> Limits:
+        """The limits of a request received at ``received_ns``: with ``max_future_s``, its
+        points may be at most that far ahead of the receive time."""
+        limits = self.limits
+        if self.max_future_s > 0:
+            latest = received_ns + int(self.max_future_s * 1_000_000_000) + 1
+            return dataclasses.replace(limits, max_time_ns=min(limits.max_time_ns, latest))
+        return limits

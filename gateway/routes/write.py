@@ -22,6 +22,8 @@ dependency of each route says which endpoint that is).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Callable
 from functools import cache
@@ -30,6 +32,15 @@ from typing import Annotated, Final
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from gateway.admission import (
+    COST_PER_BYTE,
+    JSON_COST_PER_BYTE,
+    Reservation,
+    check_target,
+    line_protocol_cost,
+    lines_cost,
+    parse_line_protocol_in_slices,
+)
 from gateway.base import BadRequestError, ParsedWrite, PartialWriteError
 from gateway.body import read_body
 from gateway.deps import MetricsDep, SettingsDep, WriteEndpoint, WriterDep
@@ -61,9 +72,8 @@ router = APIRouter()
 
 
 def _lp_parser(settings: GatewaySettings, factor: int) -> Parser:
-    limits = settings.limits
-
     def parse(body: bytes, received_ns: int) -> Parsed:
+        limits = settings.limits_at(received_ns)
         result = canonicalize(
             body, precision_factor=factor, default_time_ns=received_ns, limits=limits
         )
@@ -73,9 +83,8 @@ def _lp_parser(settings: GatewaySettings, factor: int) -> Parser:
 
 
 def _json_parser(settings: GatewaySettings, factor: int) -> Parser:
-    limits = settings.limits
-
     def parse(body: bytes, received_ns: int) -> Parsed:
+        limits = settings.limits_at(received_ns)
         keys, lines = parse_json_points(
             body, precision_factor=factor, default_time_ns=received_ns, limits=limits
         )
@@ -129,6 +138,7 @@ async def ingest(
     rp: str | None,
     parser: Parser | None,
     snappy: bool = False,
+    json: bool = False,
 ) -> Response:
     """Read, validate, produce, and reply 204 or a partial write (auth is the route's
     dependency)."""
@@ -141,17 +151,46 @@ async def ingest(
     if parser is None and not snappy:
         raise BadRequestError("invalid precision")
     rp = raw_retention_policy(rp)
-    body = await read_body(request, settings.max_body_bytes, snappy=snappy)
-    errors: list[ParseError] = []
-    if parser is None:
-        keys, lines = decode_write_request(body, dropped)
-    else:
-        keys, lines, errors = parser(body, received_ns)
-    if errors and (not lines or not settings.partial_writes):
-        raise BadRequestError(describe_refused(errors))  # nothing is written
+    check_target(db, rp)
+    # The request's memory cost is reserved before parsing (gateway/admission.py).
+    reservation = Reservation(writer, settings.max_inflight_bytes)
+    try:
+        body = await read_body(
+            request,
+            settings.max_body_bytes,
+            snappy=snappy,
+            timeout_s=settings.body_timeout_s,
+            reservation=reservation,
+        )
+        errors: list[ParseError] = []
+        if parser is None:
+            reservation.grow_to(COST_PER_BYTE * len(body), "the request")
+            keys, lines = await asyncio.to_thread(
+                decode_write_request,
+                body,
+                dropped,
+                settings.limits_at(received_ns),
+                settings.max_body_bytes,
+            )
+            reservation.grow_to(lines_cost(lines), "the request")
+        elif json:
+            reservation.grow_to(JSON_COST_PER_BYTE * len(body), "the request")
+            keys, lines, errors = await asyncio.to_thread(parser, body, received_ns)
+        else:
+            reservation.grow_to(line_protocol_cost(body), "the request")
+            keys, lines, errors = await parse_line_protocol_in_slices(
+                body, functools.partial(_call_parser, parser, received_ns=received_ns)
+            )
+        if errors and (not lines or not settings.partial_writes):
+            raise BadRequestError(describe_refused(errors))  # nothing is written
+    except BaseException:
+        reservation.release()
+        raise
     if lines:
-        writer.reserve(len(body))
-        await writer.write(ParsedWrite(db, rp, keys, lines, received_ns, len(body)), len(body))
+        parsed = ParsedWrite(db, rp, keys, lines, received_ns, len(body))
+        await writer.write(parsed, reservation.hand_over())
+    else:
+        reservation.release()
     for reason, count in dropped.items():
         metrics.dropped_samples.labels(reason).inc(count)
     metrics.points.labels(endpoint.name).inc(len(lines))
@@ -254,4 +293,9 @@ async def write_json(
         db=db,
         rp=rp or None,
         parser=parser,
+        json=True,
     )
+
+
+def _call_parser(parser: Parser, body: bytes, *, received_ns: int) -> Parsed:
+    return parser(body, received_ns)

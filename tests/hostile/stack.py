@@ -32,6 +32,8 @@ ADMIN_TOKEN = "hostile-admin-token"
 #: ~110 MB (Python, FastAPI, aiokafka, protobuf, numpy); the attacks below send up to
 #: GATEWAY_MAX_BODY_BYTES (25 MB) bodies that inflate to at most that size again.
 GATEWAY_RSS_BOUND = 400 * 1024 * 1024
+#: The gateway's GATEWAY_BODY_TIMEOUT_S in the hostile stack.
+BODY_TIMEOUT_S = 2.0
 #: Every /ping during an attack must answer within this.
 PING_BOUND_S = 0.2
 
@@ -56,6 +58,8 @@ class Watch:
     """``/ping`` latencies and the gateway's peak RSS while a ``with stack.watch():`` runs."""
 
     pings_s: list[float] = field(default_factory=list)
+    started_at: list[float] = field(default_factory=list)
+    control_pings_s: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     peak_rss: int = 0
 
@@ -63,11 +67,25 @@ class Watch:
     def slowest_ping_s(self) -> float:
         return max(self.pings_s, default=0.0)
 
+    def slow_pings(self, bound_s: float) -> list[tuple[float, float, float]]:
+        """``(seconds since the watch began, latency, control latency)`` of the pings slower
+        than ``bound_s`` while the control gateway's ping, sent right after, was not: the
+        attacked gateway was slow, not the machine. (This machine may be shared and loaded;
+        an idle gateway process next to the attacked one tells the two apart.)"""
+        origin = self.started_at[0] if self.started_at else 0.0
+        return [
+            (round(t - origin, 3), round(p, 3), round(c, 3))
+            for t, p, c in zip(self.started_at, self.pings_s, self.control_pings_s, strict=True)
+            if p >= bound_s and c < bound_s / 2
+        ]
+
 
 @dataclass
 class HostileStack:
     stack: Stack
     worker: Proc
+    control: Proc
+    """An idle gateway on the same machine, never attacked: the yardstick of its load."""
 
     @property
     def gateway(self) -> Proc:
@@ -109,6 +127,13 @@ class HostileStack:
                     except httpx.HTTPError as exc:
                         result.failures.append(f"/ping failed: {exc!r}")
                     result.pings_s.append(time.monotonic() - started)
+                    result.started_at.append(started)
+                    control_started = time.monotonic()
+                    try:
+                        client.get(f"{self.control.url}/ping")
+                    except httpx.HTTPError as exc:
+                        result.failures.append(f"control /ping failed: {exc!r}")
+                    result.control_pings_s.append(time.monotonic() - control_started)
                     stop.wait(period_s)
 
         thread = threading.Thread(target=loop, name="ping-prober", daemon=True)
@@ -152,14 +177,32 @@ def start_hostile_stack(
             "GATEWAY_INFLUXDB_URL": influx.url,
             "GATEWAY_QUERY_TIERS": TIER_SPEC,
             "GATEWAY_QUERY_ADMIN_TOKENS": ADMIN_TOKEN,
+            "GATEWAY_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+            "GATEWAY_MAX_FUTURE_S": "86400",
         },
         tmp / "gateway.log",
         f"http://127.0.0.1:{port}",
     )
     wait_http(f"{gateway.url}/health", proc=gateway.proc)
-    stack = Stack(kafka, influx, topic, db, tmp, gateway)
+    control_port = free_port()
+    control = spawn(
+        [
+            "gateway",
+            "--port",
+            str(control_port),
+            "--bootstrap-servers",
+            kafka.bootstrap,
+            "--topic",
+            topic,
+        ],
+        {"GATEWAY_INFLUXDB_URL": influx.url},
+        tmp / "control-gateway.log",
+        f"http://127.0.0.1:{control_port}",
+    )
+    wait_http(f"{control.url}/health", proc=control.proc)
+    stack = Stack(kafka, influx, topic, db, tmp, gateway, procs=[control])
     worker = stack.worker("w1", METRICSFLOW_API_TOKEN=WORKER_TOKEN)
-    return HostileStack(stack, worker)
+    return HostileStack(stack, worker, control)
 
 
 def stop_hostile_stack(hostile: HostileStack) -> None:
