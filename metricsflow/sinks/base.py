@@ -171,7 +171,8 @@ class SinkOperator(Operator):
     checkpoint *n* implies that all output before barrier *n* is durable in the external
     system, without blocking the event loop while InfluxDB answers. Points beyond the allowed
     lateness arrive as side output ``"late"``: counted in :attr:`late_points` and handed to
-    ``on_late`` (the job writes them to the late-points file); the raw tier has them anyway.
+    ``on_late`` (the job writes them to the late-points file, for audit; the raw tier has
+    them, and their windows are corrected).
 
     Its only state, per key group, is the number of late points emitted so far (operator
     state, checkpointed): ``on_late(batch, first_seq)`` numbers them, so that a replay after a

@@ -80,7 +80,9 @@ class WorkerCollector(Collector):
             sink.unconfirmed_writes,
         )
         yield counter(
-            "late_points", "Points beyond the allowed lateness (raw tier only).", r.late.points
+            "late_points",
+            "Points beyond the allowed lateness (their windows are corrected).",
+            r.late.points,
         )
         refused = CounterMetricFamily(
             p + "partitions_refused_empty",

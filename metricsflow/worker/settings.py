@@ -290,8 +290,9 @@ class WorkerSettings(BaseSettings):
         default="1m",
         description=(
             "How long after a window was written points behind the watermark still update it "
-            "(it is re-written in full); later points are only in the raw tier and the "
-            "late-points file. Also how long window state is kept after firing. Duration, or "
+            "(it is re-written in full); the windows of later points are re-derived from "
+            "InfluxDB (corrections; the points are also logged in the late-points file). Also "
+            "how long window state is kept after firing. Duration, or "
             "`0`."
         ),
     )

@@ -164,9 +164,8 @@ class Sender:
     """Writes points through the gateway and remembers what was acknowledged (204).
 
     About 5% of the points rewrite an acknowledged point (same series and timestamp, new
-    value). ``max_rewrite_age_s`` keeps rewrites within the worker's allowed lateness: a point
-    rewritten later than that goes to the raw tier only, by design (docs/windows.md), so the
-    reference over every acknowledged point would no longer describe the tiers.
+    value). ``max_rewrite_age_s`` keeps rewrites within the worker's allowed lateness (later
+    rewrites are corrections, tested with their own oracle in tests/truth/).
     """
 
     def __init__(
