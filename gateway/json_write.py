@@ -50,9 +50,7 @@ def _name(value: Any, n: int, path: str, limit: int) -> str:
 
 def _field(value: Any, n: int, path: str) -> FieldValue:
     if isinstance(value, bool | str):
-        if isinstance(value, str) and "\n" in value:
-            raise _bad(n, path, "a string field must not contain a newline")
-        return value
+        return value  # a string may hold a newline (inside its quotes, as InfluxDB reads it)
     if isinstance(value, int | float):
         f = float(value)
         if f != f or f in (float("inf"), float("-inf")):
@@ -115,6 +113,13 @@ def parse_json_points(
             _name(k, n, f"{p}.fields", limits.max_key_length): _field(v, n, f"{p}.fields.{k}")
             for k, v in fields_in.items()
         }
+        for where, names in ((f"{p}.tags", tags), (f"{p}.fields", fields)):
+            if "time" in names:
+                raise _bad(
+                    n,
+                    f"{where}.time",
+                    'the key "time" is refused: InfluxDB 1.x drops such a point or field',
+                )
         raw_time = item.get("time")
         if raw_time is None:
             time_ns = default_time_ns
