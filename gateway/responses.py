@@ -31,8 +31,11 @@ def error_response(exc: RequestError, style: Style) -> JSONResponse:
     headers = dict(V1_HEADERS)
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(int(exc.retry_after_s))
+    # A message quoting undecodable input carries surrogate escapes, which JSON (UTF-8) cannot
+    # hold: shown as backslash escapes instead of failing the answer with a 500.
+    message = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
     if style == "v2":
-        body: dict[str, str] = {"code": _V2_CODES.get(exc.status, "invalid"), "message": str(exc)}
+        body: dict[str, str] = {"code": _V2_CODES.get(exc.status, "invalid"), "message": message}
     else:
-        body = {"error": str(exc)}
+        body = {"error": message}
     return JSONResponse(body, status_code=exc.status, headers=headers)

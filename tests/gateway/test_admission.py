@@ -21,6 +21,7 @@ from gateway.admission import (
 )
 from gateway.base import BadRequestError, OverloadedError, PayloadTooLargeError
 from gateway.body import gunzip_limited
+from gateway.responses import error_response
 from metricsflow.model import ParseError
 from metricsflow.model.lineprotocol import canonicalize
 
@@ -132,3 +133,10 @@ def test_names_influxdb_refuses_are_a_400_naming_them(
 def test_names_influxdb_accepts_pass() -> None:
     check_target("telegraf db-1,x=y", "autogen")
     check_target("é" * 127, None)
+
+
+def test_an_error_quoting_undecodable_bytes_is_still_a_json_400() -> None:
+    # Found by tests/hostile/test_fuzz.py: 'mem v=\xbd 1' was answered 500.
+    answer = error_response(BadRequestError("unable to parse 'mem v=\udcbd 1'"), "v1")
+    assert answer.status_code == 400
+    assert b"\\\\udcbd" in answer.body

@@ -13,12 +13,11 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-import cramjam
 import httpx
 import orjson
 import pytest
 
-from gateway.remote_write import WriteRequest
+from tests.hostile.attack_bodies import remote_write_body
 from tests.hostile.stack import (
     ADMIN_TOKEN,
     BODY_TIMEOUT_S,
@@ -79,19 +78,6 @@ def test_values_the_pipeline_cannot_store_are_refused_at_every_door(
         assert json_big.status_code == 400, json_big.text
         assert "GATEWAY_MAX_LINE_LENGTH" in json_big.json()["error"]
     assert_bounded(watch, hostile)
-
-
-def remote_write_body(labels: dict[str, str], samples: int) -> bytes:
-    request = WriteRequest()
-    series = request.timeseries.add()
-    for name, value in labels.items():
-        label = series.labels.add()
-        label.name, label.value = name, value
-    now_ms = time.time_ns() // 1_000_000
-    for _ in range(samples):
-        sample = series.samples.add()
-        sample.value, sample.timestamp = 1.0, now_ms
-    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
 
 
 def test_amplification_at_the_door_is_refused_before_it_costs_memory(
