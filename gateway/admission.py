@@ -12,7 +12,7 @@ whole budget is refused with 413 (it could never be admitted). A 35 KB gzip body
 inflates to 4 million tiny lines costs ~600 MB: refused before any line is parsed.
 
 **Parsing** of line protocol runs on the event loop in slices of :data:`SLICE_BYTES` (cut at
-a newline, line numbers of errors shifted to the whole body), yielding between slices, so
+a line end, line numbers of errors shifted to the whole body), yielding between slices, so
 ``/ping`` and other requests wait for one slice at most. (A worker thread was measured worse:
 on a loaded machine the loop waited up to 1.5 s for the interpreter lock the parsing thread
 held.) JSON and remote write are decoded in a worker thread.
@@ -27,6 +27,7 @@ from gateway.base import BadRequestError, PayloadTooLargeError
 from gateway.producer import KafkaWriter
 from metricsflow.model import ParseError
 from metricsflow.model.limits import LimitError, check_name
+from metricsflow.model.lineprotocol import line_end_after
 
 COST_PER_BYTE = 3
 COST_PER_LINE = 128
@@ -101,7 +102,8 @@ async def parse_line_protocol_in_slices(
     line_offset = 0
     size = len(body)
     while start < size:
-        end = body.find(b"\n", start + SLICE_BYTES) if size - start > SLICE_BYTES else -1
+        # cut at a line end as InfluxDB splits lines (not inside a quoted string field)
+        end = line_end_after(body, start, start + SLICE_BYTES) if size - start > SLICE_BYTES else -1
         end = size if end < 0 else end + 1
         chunk = body[start:end]
         k, ln, errs = parse(chunk)

@@ -59,6 +59,7 @@ from metricsflow.model.lpscan import (
     ScannedLine,
     field_key_writes_back,
     field_values,
+    line_end_after,
     scan_point,
     split_lines,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "format_point",
     "format_points",
     "format_value",
+    "line_end_after",
     "parse",
     "parse_line",
     "series_key",

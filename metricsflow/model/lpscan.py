@@ -113,6 +113,40 @@ def split_lines(body: str) -> list[tuple[int, str]]:
     return out
 
 
+def line_end_after(body: bytes, start: int, at_least: int) -> int:
+    """The index of the newline that ends, InfluxDB's way, the line holding byte ``at_least``
+    (``start`` must be a line start), or -1 when that line runs to the end of ``body``.
+
+    For cutting a body into slices that each hold whole lines: a newline inside a quoted field
+    value, or right after a backslash, is not a line end. Linear in the bytes scanned."""
+    nl = body.find(b"\n", at_least)
+    if nl < 0:
+        return -1
+    head = body[start:nl]
+    if b'"' not in head and b"\\" not in head:
+        return nl
+    window = nl + 1
+    while True:
+        text = body[start:window].decode("latin-1")  # one character per byte
+        full = window >= len(body)
+        i = 0
+        while i < len(text):
+            end = _line_end(text, i)
+            if end + 2 >= len(text) and not full:
+                break  # too near the window's end to be sure: widen it
+            if end >= len(text):
+                return -1
+            if start + end >= at_least:
+                return start + end
+            i = end + 1
+        else:
+            if full:
+                return -1
+        if full:
+            return -1
+        window = min(len(body), start + 2 * (window - start))
+
+
 def _line_end(buf: str, i: int) -> int:
     n = len(buf)
     quoted = False

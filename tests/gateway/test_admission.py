@@ -81,6 +81,17 @@ async def test_sliced_parsing_equals_whole_parsing_and_names_the_whole_body_line
     assert [(e.line, e.column, e.text) for e in errors] == [(bad_line, 5, "m v=oops 1")]
 
 
+async def test_slices_are_cut_at_line_ends_not_inside_a_string_holding_newlines() -> None:
+    # every line holds a string with newlines: a cut at any newline would split a point
+    lines = [f'm,host=h{i % 7} s="a\nb\nc",v={i} {1_000 + i}'.encode() for i in range(5_000)]
+    body = b"\n".join(lines)
+    assert len(body) > 2 * SLICE_BYTES
+    keys, good, errors = await parse_line_protocol_in_slices(body, parse)
+    assert errors == []
+    assert (keys, good, errors) == parse(body)
+    assert len(good) == 5_000
+
+
 class Writer:
     def __init__(self, budget: int) -> None:
         self.inflight_bytes = 0

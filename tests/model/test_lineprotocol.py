@@ -22,7 +22,7 @@ from metricsflow.model.lineprotocol import (
     parse,
     parse_line,
 )
-from metricsflow.model.lpscan import scan_point, split_lines
+from metricsflow.model.lpscan import line_end_after, scan_point, split_lines
 from metricsflow.model.point import Point, Unsigned
 
 V2 = Limits(allow_unsigned=True)
@@ -361,3 +361,19 @@ def test_duplicate_field_keys_are_found_in_lines_of_many_fields_too() -> None:
     result = canonicalize("\n".join(lines), default_time_ns=0)
     assert len(result.lines) == 9
     assert [e.line for e in result.errors] == [6]
+
+
+@given(st.text(st.sampled_from(list('am =,"\\\n1')), max_size=40), st.data())
+@settings(max_examples=300)
+def test_line_end_after_finds_the_line_ends_influxdb_splits_at(
+    body: str, data: st.DataObject
+) -> None:
+    ends, pos = [], 0
+    for _n, block in split_lines(body):
+        pos += len(block)
+        if pos < len(body):
+            ends.append(pos)
+        pos += 1
+    at = data.draw(st.integers(0, max(len(body) - 1, 0)))
+    expected = next((e for e in ends if e >= at), -1)
+    assert line_end_after(body.encode(), 0, at) == expected
