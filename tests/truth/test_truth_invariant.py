@@ -194,8 +194,8 @@ def compare(stack: Stack, lo: int, hi: int) -> list[str]:
 
 @pytest.mark.parametrize(
     ("fetch", "sigkill"),
-    [(1, False), (2000, True), (1, True)],
-    ids=["fetch1", "fetch2000-sigkill", "fetch1-sigkill"],
+    [(1, False), (2000, False), (2000, True), (1, True)],
+    ids=["fetch1", "fetch2000", "fetch2000-sigkill", "fetch1-sigkill"],
 )
 async def test_every_tier_converges_to_influxdb_group_by_over_raw_and_stays_there(
     stack_factory: Callable[..., Any], fetch: int, sigkill: bool
