@@ -229,28 +229,34 @@ class Sender:
             self.send_batch()
             time.sleep(interval_s)
 
-    @contextlib.contextmanager
-    def in_background(self, interval_s: float = 0.05) -> Iterator[None]:
+    def in_background(self, interval_s: float = 0.05) -> contextlib.AbstractContextManager[None]:
         """Keep sending from a thread (``acked`` is only read after the block)."""
-        stop = threading.Event()
-        errors: list[BaseException] = []
+        return repeating(self.send_batch, interval_s, name="sender")
 
-        def loop() -> None:
-            try:
-                while not stop.is_set():
-                    self.send_batch()
-                    stop.wait(interval_s)
-            except BaseException as exc:  # surfaced after the block
-                errors.append(exc)
 
-        thread = threading.Thread(target=loop, name="sender", daemon=True)
-        thread.start()
+@contextlib.contextmanager
+def repeating(step: Callable[[], None], interval_s: float, *, name: str) -> Iterator[None]:
+    """Call ``step`` from a thread every ``interval_s`` until the block ends; an exception it
+    raised fails the block afterwards."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def loop() -> None:
         try:
-            yield
-        finally:
-            stop.set()
-            thread.join(30)
-        assert not errors, errors
+            while not stop.is_set():
+                step()
+                stop.wait(interval_s)
+        except BaseException as exc:  # surfaced after the block
+            errors.append(exc)
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
 
 
 def reference(

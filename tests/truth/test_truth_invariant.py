@@ -26,14 +26,14 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.job.stack import Stack, metrics_of, query, stack_factory
+from tests.job.stack import Stack, metrics_of, query, repeating, stack_factory
 
 __all__ = ["stack_factory"]
 
@@ -75,31 +75,16 @@ class Client:
                 self.sent[(series, ts)] = value
 
 
-@contextmanager
-def live_traffic(client: Client, rng: random.Random) -> Iterator[None]:
+def live_traffic(client: Client, rng: random.Random) -> AbstractContextManager[None]:
     """In-order points at the wall clock for ``inorder`` and ``future`` (every 100 ms)."""
-    stop = threading.Event()
-    errors: list[BaseException] = []
 
-    def loop() -> None:
-        try:
-            while not stop.is_set():
-                now = time.time_ns()
-                points = [(f"inorder,host=h{i}", now + i, rng.uniform(-100, 100)) for i in range(8)]
-                points += [(f"future,host=f{i}", now + i, rng.uniform(-1, 1)) for i in range(2)]
-                client.write(points)
-                stop.wait(0.1)
-        except BaseException as exc:  # surfaced after the block
-            errors.append(exc)
+    def step() -> None:
+        now = time.time_ns()
+        points = [(f"inorder,host=h{i}", now + i, rng.uniform(-100, 100)) for i in range(8)]
+        points += [(f"future,host=f{i}", now + i, rng.uniform(-1, 1)) for i in range(2)]
+        client.write(points)
 
-    thread = threading.Thread(target=loop, name="live", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not errors, errors
+    return repeating(step, 0.1, name="live")
 
 
 def run_streams(client: Client, rng: random.Random, kill: Callable[[], None] | None) -> None:
