@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.loader import load_bench_module
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_collapsed", BENCH / "collapsed_stacks.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cs = _load()
+cs = load_bench_module("bench_collapsed", "collapsed_stacks.py")
 
 PROFILE = """\
 <module> (w.py:1);run (job.py:10);decode (col.py:5) 6

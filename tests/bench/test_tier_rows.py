@@ -3,29 +3,14 @@ into rows and comparing two contenders' rows. Pure logic, no servers."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.bench.loader import load_bench_module
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_tier_rows", BENCH / "tier_rows.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tier_rows = _load()
+tier_rows = load_bench_module("bench_tier_rows", "tier_rows.py")
 
 ANSWER: list[dict[str, Any]] = [
     {
