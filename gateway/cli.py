@@ -1,4 +1,4 @@
-"""``metricsflow gateway``: serve the gateway with uvicorn (uvloop + httptools)."""
+"""``metricsflow gateway``: serve the gateway (:mod:`gateway.server`: uvicorn, httptools)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ def gateway(
     topic: str | None,
 ) -> None:
     """Run the HTTP gateway: InfluxDB v1/v2, Prometheus remote write, JSON -> Kafka."""
-    import uvicorn
-
+    from gateway.server import serve
     from gateway.settings import GatewaySettings
 
     # Options become environment variables so that every uvicorn worker process sees them.
@@ -35,15 +34,4 @@ def gateway(
     ):
         if value is not None:
             os.environ[f"GATEWAY_{name}"] = str(value)
-    settings = GatewaySettings()
-    uvicorn.run(
-        "gateway.app:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-    )
+    serve(GatewaySettings())

@@ -110,6 +110,25 @@ class GatewaySettings(BaseSettings):
             "408 and its connection's memory back."
         ),
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds a client has to send a request's head (request line and headers), from "
+            "the connection's start or the end of its previous response. A client that began a "
+            "head gets 408, one that sent nothing is disconnected: slow-header clients "
+            "(slowloris) cannot hold the gateway's connections (docs/security.md)."
+        ),
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "Open connections per gateway process. A connection beyond gets 503 with "
+            "Retry-After at once and is closed; keep it below the process's open-file limit "
+            "(`ulimit -n`)."
+        ),
+    )
     max_future_s: float = Field(
         default=0.0,
         ge=0,

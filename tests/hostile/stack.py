@@ -34,6 +34,9 @@ ADMIN_TOKEN = "hostile-admin-token"
 GATEWAY_RSS_BOUND = 400 * 1024 * 1024
 #: The gateway's GATEWAY_BODY_TIMEOUT_S in the hostile stack.
 BODY_TIMEOUT_S = 2.0
+#: The gateway's GATEWAY_HEADER_TIMEOUT_S and GATEWAY_MAX_CONNECTIONS in the hostile stack.
+HEADER_TIMEOUT_S = 2.0
+MAX_CONNECTIONS = 100
 #: Every /ping during an attack must answer within this.
 PING_BOUND_S = 0.2
 
@@ -178,6 +181,8 @@ def start_hostile_stack(
             "GATEWAY_QUERY_TIERS": TIER_SPEC,
             "GATEWAY_QUERY_ADMIN_TOKENS": ADMIN_TOKEN,
             "GATEWAY_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+            "GATEWAY_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+            "GATEWAY_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
             "GATEWAY_MAX_FUTURE_S": "86400",
         },
         tmp / "gateway.log",

@@ -8,6 +8,7 @@ every component still running, and good data sent afterwards reaching its tiers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import socket
 import time
@@ -22,6 +23,8 @@ from tests.hostile.stack import (
     ADMIN_TOKEN,
     BODY_TIMEOUT_S,
     GATEWAY_RSS_BOUND,
+    HEADER_TIMEOUT_S,
+    MAX_CONNECTIONS,
     PING_BOUND_S,
     WORKER_TOKEN,
     HostileStack,
@@ -178,6 +181,67 @@ def test_a_slow_client_is_cut_off(hostile: HostileStack) -> None:
     assert "GATEWAY_BODY_TIMEOUT_S" in answer
     assert elapsed < BODY_TIMEOUT_S + 5
     assert_bounded(watch, hostile)
+
+
+async def slow_header_client(host: str, port: int) -> tuple[bytes, float]:
+    """Send a request head a byte every 0.1 s, never ending it; return what the gateway
+    answered when it closed the connection and how long after the connection opened."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reader, writer = await asyncio.open_connection(host, port)
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            for byte in b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+
+    sender = asyncio.create_task(trickle())
+    try:
+        answer = await asyncio.wait_for(reader.read(), HEADER_TIMEOUT_S + 10)
+    finally:
+        sender.cancel()
+        writer.close()
+    return answer, loop.time() - started
+
+
+async def test_slow_header_clients_are_cut_off_and_connections_are_bounded(
+    hostile: HostileStack,
+) -> None:
+    url = urlsplit(hostile.gateway.url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    slow_clients = MAX_CONNECTIONS // 2
+    with hostile.watch() as watch:
+        results = await asyncio.gather(
+            *(slow_header_client(host, port) for _ in range(slow_clients))
+        )
+    for answer, held_s in results:
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"GATEWAY_HEADER_TIMEOUT_S" in answer
+        assert HEADER_TIMEOUT_S <= held_s < HEADER_TIMEOUT_S + 2
+    assert_bounded(watch, hostile)
+    # Idle connections up to the bound: one more is answered 503 at once, naming the limit,
+    # until the head timeout has closed the idle ones.
+    idle = [socket.create_connection((host, port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        await asyncio.sleep(0.2)
+        refused = await asyncio.to_thread(
+            httpx.get, f"{hostile.gateway.url}/ping", timeout=HEADER_TIMEOUT_S / 2
+        )
+        assert refused.status_code == 503, refused.text
+        assert "GATEWAY_MAX_CONNECTIONS" in refused.json()["error"]
+        assert refused.headers["Retry-After"]
+        await asyncio.sleep(HEADER_TIMEOUT_S + 0.5)
+        for sock in idle:
+            sock.settimeout(1)
+            assert sock.recv(1) == b""  # closed by the gateway
+        ping = await asyncio.to_thread(httpx.get, f"{hostile.gateway.url}/ping", timeout=5)
+        assert ping.status_code == 204
+    finally:
+        for sock in idle:
+            sock.close()
+    assert hostile.all_running() == []
 
 
 def test_query_is_no_admin_console(hostile: HostileStack) -> None:
