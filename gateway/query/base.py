@@ -2,8 +2,9 @@
 
 The query API answers InfluxDB v1 ``/query`` requests (InfluxQL) for Grafana's built-in InfluxDB
 data source. A ``SELECT`` of count/sum/min/max/mean/first/last ``GROUP BY time(<interval>)`` is
-answered from the coarsest downsampled tier that can answer it exactly; anything else goes to
-the raw tier unchanged. See ``docs/influxdb-layout.md``.
+answered from the coarsest downsampled tier that can answer it exactly, ``percentile()`` from
+the tiers' merged sketches and counter functions (``difference``, ``derivative``, ...) from their
+``increase_`` fields; anything else goes to the raw tier unchanged. See ``docs/influxdb-layout.md``.
 """
 
 from __future__ import annotations
@@ -102,9 +103,9 @@ class QuerySettings(BaseSettings):
     query_rewrite: bool = Field(
         default=True,
         description=(
-            "Answer rewritable SELECTs (count/sum/min/max/mean/first/last GROUP BY time) from "
-            "the coarsest tier that answers them exactly; false proxies every query to "
-            "InfluxDB unchanged. Chunked queries are always proxied."
+            "Answer rewritable SELECTs (count/sum/min/max/mean/first/last, percentile and "
+            "counter functions GROUP BY time) from the coarsest tier that answers them; false "
+            "proxies every query to InfluxDB unchanged. Chunked queries are always proxied."
         ),
     )
 

@@ -33,6 +33,7 @@ from gateway.query.syntax import (
     Fill,
     IntegerLit,
     Measurement,
+    NumberLit,
     ParenExpr,
     RegexDimension,
     SelectStatement,
@@ -71,11 +72,27 @@ _TIME_OPS = {">=", ">", "<=", "<"}
 _FLIP = {">=": "<=", ">": "<", "<=": ">=", "<": ">"}
 
 
+#: Counter functions answered from the tiers' ``increase_<f>`` (gateway.query.functions).
+COUNTER_FUNCTIONS: frozenset[str] = frozenset(
+    {"difference", "non_negative_difference", "derivative", "non_negative_derivative"}
+)
+#: Aggregates a counter function may wrap: for a counter they all follow its last sample.
+COUNTER_INNER: frozenset[str] = frozenset({"last", "max", "mean"})
+
+#: What a statement asks for: plain aggregates, percentiles (from ``sketch_<f>``) or counter
+#: functions (from ``increase_<f>``); one kind per statement.
+KIND_AGGREGATE = "aggregate"
+KIND_PERCENTILE = "percentile"
+KIND_COUNTER = "counter"
+
+
 @dataclass(frozen=True, slots=True)
 class OutputColumn:
     name: str
     aggregate: str
     field: str
+    #: percentile: N; counter functions: the derivative unit in ns (0 for differences).
+    param: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +109,7 @@ class Analysis:
     condition_identifiers: frozenset[str]
     tag_dimensions: tuple[Dimension, ...]
     needs_single_series_groups: bool  # first/last: each group must be one series
+    kind: str = KIND_AGGREGATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,25 +276,15 @@ def analyze(
     if rp not in (None, "", raw_tier):
         raise UnrewritableQueryError(f"the query names retention policy {rp!r}, not the raw tier")
 
-    names = column_names(stmt.fields)
-    columns: list[OutputColumn] = []
-    for name, f in zip(names, stmt.fields, strict=True):
-        expr = f.expr
-        if not (isinstance(expr, Call) and expr.name in REWRITABLE_AGGREGATES):
-            raise UnrewritableQueryError(
-                "only count, sum, min, max, mean, first, last are rewritten"
-            )
-        if len(expr.args) != 1 or not isinstance(expr.args[0], VarRef):
-            raise UnrewritableQueryError(f"{expr.name}() must take exactly one field")
-        arg = expr.args[0]
-        if arg.type_hint not in (None, "field") or arg.name.lower() == "time":
-            raise UnrewritableQueryError(f"{expr.name}() over a tag or time is not rewritten")
-        columns.append(OutputColumn(name, expr.name, arg.name))
+    columns, kind = output_columns(stmt)
     components: list[tuple[str, str]] = []
     for col in columns:
-        for comp in COMPONENTS[col.aggregate]:
+        for comp in _components_of(col, kind):
             if (comp, col.field) not in components:
                 components.append((comp, col.field))
+    fill = stmt.fill or Fill("null")
+    if kind == KIND_COUNTER and fill.kind not in ("null", "none"):
+        raise UnrewritableQueryError("counter functions are rewritten with fill(null|none) only")
 
     time_dims = [d for d in stmt.dimensions if isinstance(d, TimeDimension)]
     if len(time_dims) != 1:
@@ -306,17 +314,87 @@ def analyze(
     return Analysis(
         statement=stmt,
         source=source,
-        columns=tuple(columns),
+        columns=columns,
         components=tuple(components),
         interval_ns=interval,
         start_ns=start,
         end_ns=end,
-        fill=stmt.fill or Fill("null"),
+        fill=fill,
         condition=condition,
         condition_identifiers=frozenset(v.name for v in identifiers),
         tag_dimensions=tag_dims,
         needs_single_series_groups=any(c.aggregate in ("first", "last") for c in columns),
+        kind=kind,
     )
+
+
+def _components_of(col: OutputColumn, kind: str) -> tuple[str, ...]:
+    if kind == KIND_PERCENTILE:
+        return ("sketch",)
+    if kind == KIND_COUNTER:
+        return ("increase",)
+    return COMPONENTS[col.aggregate]
+
+
+def _field_arg(call: Call) -> str:
+    if not call.args or not isinstance(call.args[0], VarRef):
+        raise UnrewritableQueryError(f"{call.name}() must take a field")
+    arg = call.args[0]
+    if arg.type_hint not in (None, "field") or arg.name.lower() == "time":
+        raise UnrewritableQueryError(f"{call.name}() over a tag or time is not rewritten")
+    return arg.name
+
+
+def _output_column(name: str, expr: Expr) -> tuple[OutputColumn, str]:
+    if not isinstance(expr, Call):
+        raise UnrewritableQueryError("only function calls are rewritten")
+    if expr.name in REWRITABLE_AGGREGATES:
+        if len(expr.args) != 1:
+            raise UnrewritableQueryError(f"{expr.name}() must take exactly one field")
+        return OutputColumn(name, expr.name, _field_arg(expr)), KIND_AGGREGATE
+    if expr.name == "percentile":
+        if len(expr.args) != 2 or not isinstance(expr.args[1], IntegerLit | NumberLit):
+            raise UnrewritableQueryError("percentile() must take a field and a number")
+        percent = float(expr.args[1].value)
+        if not 0.0 < percent <= 100.0:
+            raise UnrewritableQueryError(f"percentile {percent} is not in (0, 100]")
+        return OutputColumn(name, "percentile", _field_arg(expr), percent), KIND_PERCENTILE
+    if expr.name in COUNTER_FUNCTIONS:
+        derivative = expr.name.endswith("derivative")
+        if not 1 <= len(expr.args) <= (2 if derivative else 1):
+            raise UnrewritableQueryError(f"{expr.name}() arguments are not rewritten")
+        inner = expr.args[0]
+        if not (isinstance(inner, Call) and inner.name in COUNTER_INNER and len(inner.args) == 1):
+            raise UnrewritableQueryError(
+                f"{expr.name}() is rewritten over last(), max() or mean() of a field only"
+            )
+        unit = 0
+        if derivative:
+            unit = 1_000_000_000
+            if len(expr.args) == 2:
+                if not isinstance(expr.args[1], DurationLit) or expr.args[1].ns <= 0:
+                    raise UnrewritableQueryError(f"{expr.name}() unit must be a duration")
+                unit = expr.args[1].ns
+        return OutputColumn(name, expr.name, _field_arg(inner), float(unit)), KIND_COUNTER
+    raise UnrewritableQueryError(
+        "only count, sum, min, max, mean, first, last, percentile and counter functions "
+        "(difference, derivative and their non_negative_ forms) are rewritten"
+    )
+
+
+def output_columns(stmt: SelectStatement) -> tuple[tuple[OutputColumn, ...], str]:
+    """The output columns (with InfluxDB's names) and the statement's kind; one kind per
+    statement (aggregates, percentiles or counter functions are not mixed)."""
+    names = column_names(stmt.fields)
+    columns: list[OutputColumn] = []
+    kinds: set[str] = set()
+    for name, f in zip(names, stmt.fields, strict=True):
+        column, kind = _output_column(name, f.expr)
+        columns.append(column)
+        kinds.add(kind)
+    if len(kinds) != 1:
+        raise UnrewritableQueryError("aggregates, percentiles and counter functions are not mixed")
+    return tuple(columns), kinds.pop()
 
 
 def check_tag_keys(analysis: Analysis, tag_keys: frozenset[str]) -> None:

@@ -18,6 +18,7 @@ Include it in an app with ``app.include_router(create_query_router(QuerySettings
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -45,9 +46,19 @@ from gateway.query.base import (
     UnrewritableQueryError,
     series_from_json,
 )
+from gateway.query.functions import (
+    FunctionPart,
+    build_function_parts,
+    group_keys,
+    merge_counter_parts,
+    merge_percentile_parts,
+    required_tier_fields,
+)
 from gateway.query.influxql import parse_select
 from gateway.query.results import merge_parts, statement_result
 from gateway.query.rewrite import (
+    KIND_AGGREGATE,
+    KIND_PERCENTILE,
     Analysis,
     QueryPart,
     analyze,
@@ -55,9 +66,10 @@ from gateway.query.rewrite import (
     check_tag_keys,
     choose_tier,
 )
+from gateway.query.sketches import SketchDecodeError
 from gateway.query.syntax import Measurement, render_measurement
 from metricsflow.model import MetricsflowError
-from metricsflow.model.tiers import RAW_TIER
+from metricsflow.model.tiers import RAW_TIER, TierSpec
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +158,9 @@ class Plan:
     analysis: Analysis
     tier: str
     parts: list[QueryPart]
+    #: percentile and counter statements (``analysis.kind``): their parts and output tag keys
+    function_parts: tuple[FunctionPart, ...] = ()
+    group_keys: tuple[str, ...] | None = None
 
 
 class QueryService:
@@ -204,12 +219,27 @@ class QueryService:
         for result in results:
             if "error" in result:
                 raise InfluxDBQueryError(str(result["error"]))
+            if result.get("partial"):
+                # InfluxDB cut the answer (its max-row-limit): not enough to rewrite from.
+                raise InfluxDBQueryError("InfluxDB returned a partial result")
         return results
 
     async def tag_keys(
         self, source: Measurement, params: dict[str, str], headers: dict[str, str]
     ) -> frozenset[str]:
         q = f"SHOW TAG KEYS FROM {render_measurement(source)}"
+        results = await self.influx_query(q, params, headers, None)
+        keys: set[str] = set()
+        for result in results:
+            for series in result.get("series", []):
+                keys.update(str(row[0]) for row in series.get("values", []))
+        return frozenset(keys)
+
+    async def tier_field_keys(
+        self, source: Measurement, tier: str, params: dict[str, str], headers: dict[str, str]
+    ) -> frozenset[str]:
+        tier_source = Measurement(name=source.name, database=source.database, retention_policy=tier)
+        q = f"SHOW FIELD KEYS FROM {render_measurement(tier_source)}"
         results = await self.influx_query(q, params, headers, None)
         keys: set[str] = set()
         for result in results:
@@ -232,6 +262,8 @@ class QueryService:
             except (InfluxDBQueryError, httpx.HTTPError) as exc:
                 raise UnrewritableQueryError(f"could not read the tag keys: {exc}") from exc
             check_tag_keys(analysis, keys)
+            if analysis.kind != KIND_AGGREGATE:
+                return await self._function_plan(analysis, tier, keys, params, headers, now_ns)
             parts = build_parts(analysis, tier, now_ns, self.lag_ns)
         except (UnrewritableQueryError, InfluxQLSyntaxError) as exc:
             logger.debug("query to raw tier reason=%s statement=%r", exc, text)
@@ -245,13 +277,43 @@ class QueryService:
         logger.debug("query to tier=%s statement=%r parts=%d", tier.name, text, len(parts))
         return Plan(analysis, tier.name, parts)
 
+    async def _function_plan(
+        self,
+        analysis: Analysis,
+        tier: TierSpec,
+        tag_keys: frozenset[str],
+        params: dict[str, str],
+        headers: dict[str, str],
+        now_ns: int,
+    ) -> Plan:
+        """A percentile or counter plan, once the tier holds the fields it reads."""
+        try:
+            fields = await self.tier_field_keys(analysis.source, tier.name, params, headers)
+        except (InfluxDBQueryError, httpx.HTTPError) as exc:
+            raise UnrewritableQueryError(f"could not read the tier's field keys: {exc}") from exc
+        missing = required_tier_fields(analysis) - fields
+        if missing:
+            raise UnrewritableQueryError(f"tier {tier.name!r} has no field {sorted(missing)}")
+        parts = build_function_parts(analysis, tier, now_ns, self.lag_ns)
+        keys = group_keys(analysis, tag_keys)
+        logger.debug("query to tier=%s kind=%s parts=%d", tier.name, analysis.kind, len(parts))
+        return Plan(analysis, tier.name, [], tuple(parts), keys)
+
     async def run_plan(
         self, plan: Plan, params: dict[str, str], headers: dict[str, str]
     ) -> list[Series]:
-        q = "; ".join(part.influxql for part in plan.parts)
-        results = await self.influx_query(q, params, headers, "ns")
+        texts = [p.influxql for p in plan.function_parts] or [p.influxql for p in plan.parts]
+        results = await self.influx_query("; ".join(texts), params, headers, "ns")
         parts = [[series_from_json(s) for s in r.get("series", [])] for r in results]
-        return merge_parts(plan.analysis, parts)
+        if not plan.function_parts:
+            return merge_parts(plan.analysis, parts)
+        merge = (
+            merge_percentile_parts if plan.analysis.kind == KIND_PERCENTILE else merge_counter_parts
+        )
+        # Decoding and merging sketches is CPU work: off the event loop.
+        return await asyncio.to_thread(
+            merge, plan.analysis, plan.function_parts, parts, plan.group_keys
+        )
 
     def count(self, tier: str) -> None:
         if self.statements is not None:
@@ -299,7 +361,7 @@ class QueryService:
                     series = await self.run_plan(plan, params, headers)
                     result = statement_result(i, series, epoch)
                     tiers.append(plan.tier)
-                except (InfluxDBQueryError, httpx.HTTPError) as exc:
+                except (InfluxDBQueryError, httpx.HTTPError, SketchDecodeError) as exc:
                     logger.warning("tier query failed, answering from raw error=%s", exc)
             if result is None:
                 result = await self.raw_statement(i, text, params, headers, epoch)

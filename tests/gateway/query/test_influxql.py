@@ -252,7 +252,15 @@ def test_the_analysis_turns_bounds_into_a_half_open_range() -> None:
         "SELECT mean(v) FROM m, n WHERE time >= now() - 1h GROUP BY time(1m)",
         "SELECT mean(v) FROM /m/ WHERE time >= now() - 1h GROUP BY time(1m)",
         "SELECT mean(v) FROM m WHERE time >= now() - 1h GROUP BY time(1m, 10s)",
-        "SELECT percentile(v, 90) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
+        "SELECT percentile(v, 90), mean(v) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
+        "SELECT percentile(v, 0) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
+        "SELECT percentile(v, 101) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
+        "SELECT percentile(v) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
+        "SELECT derivative(first(v)) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
+        "SELECT difference(v) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
+        "SELECT difference(last(v), 1s) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
+        "SELECT derivative(last(v)) FROM m WHERE time >= now() - 1h GROUP BY time(1m) fill(0)",
+        "SELECT moving_average(last(v), 3) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
         "SELECT mean(*) FROM m WHERE time >= now() - 1h GROUP BY time(1m)",
         "SELECT mean(v) FROM m WHERE v::field > 1 AND time >= now() - 1h GROUP BY time(1m)",
         "SELECT mean(v) FROM m WHERE time >= now() - 1h GROUP BY time(1m) tz('UTC')",
@@ -261,6 +269,35 @@ def test_the_analysis_turns_bounds_into_a_half_open_range() -> None:
 def test_statements_a_tier_cannot_answer_exactly_are_unrewritable(text: str) -> None:
     with pytest.raises(UnrewritableQueryError):
         analyze(parse_select(text), NOW)
+
+
+def test_percentiles_and_counter_functions_are_analyzed_with_their_parameters() -> None:
+    p = analyze(
+        parse_select(
+            "SELECT percentile(v, 99.9), percentile(w, 50) AS med FROM m "
+            "WHERE time >= now() - 1h GROUP BY time(1m)"
+        ),
+        NOW,
+    )
+    assert p.kind == "percentile"
+    assert [(c.name, c.field, c.param) for c in p.columns] == [
+        ("percentile", "v", 99.9),
+        ("med", "w", 50.0),
+    ]
+    assert p.components == (("sketch", "v"), ("sketch", "w"))
+    c = analyze(
+        parse_select(
+            "SELECT non_negative_derivative(mean(v), 1m), difference(max(v)) FROM m "
+            "WHERE time >= now() - 1h GROUP BY time(5m) fill(none)"
+        ),
+        NOW,
+    )
+    assert c.kind == "counter"
+    assert [(c.name, c.field, c.param) for c in c.columns] == [
+        ("non_negative_derivative", "v", 60e9),
+        ("difference", "v", 0.0),
+    ]
+    assert c.components == (("increase", "v"),)
 
 
 def test_a_non_ascii_digit_is_a_syntax_error_not_a_crash() -> None:

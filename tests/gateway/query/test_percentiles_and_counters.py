@@ -1,0 +1,298 @@
+"""Acceptance: ``percentile()`` and counter functions answered from the tiers' sketch and
+counter fields, against the real InfluxDB.
+
+Raw points and 1m/1h tier rows in the documented schema (``counter_sketch_data``, sketches by
+the worker's own encoder) are in one database. A percentile answered by the query API must be
+within the sketch's 1 % relative accuracy of InfluxDB's own ``PERCENTILE(f, N)`` over raw, with
+the same series and times; a counter function must equal the reset-aware increase computed
+here from the raw samples with plain loops, laid out as InfluxDB lays out ``difference()``.
+A lag setting pushes part of the range into a raw tail, and unaligned range starts give a raw
+head, so both the merges of sketches with raw values and of tier increases with raw samples run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.query.base import TIER_HEADER
+from gateway.query.testing import MINUTE_NS, NS
+from metricsflow.infra.influxdb import InfluxDBServer
+from tests.gateway.query.counter_sketch_data import (
+    CounterSketchDataset,
+    Sample,
+    write_dataset,
+)
+
+QueryClientFactory = Callable[..., httpx.AsyncClient]
+
+pytestmark = pytest.mark.integration
+
+RELATIVE_ACCURACY = 0.01
+
+
+@pytest.fixture(scope="module")
+def dataset(influxdb_server: InfluxDBServer) -> Iterator[CounterSketchDataset]:
+    db = f"pct_{uuid.uuid4().hex[:10]}"
+    yield write_dataset(influxdb_server.url, db, time.time_ns())
+    httpx.post(f"{influxdb_server.url}/query", data={"q": f'DROP DATABASE "{db}"'})
+
+
+def time_filter(ds: CounterSketchDataset, start_offset_ns: int, end_offset_ns: int) -> str:
+    start = ds.start_ns + start_offset_ns
+    end = ds.end_ns - end_offset_ns
+    return f"time >= {start // 1_000_000}ms and time <= {end // 1_000_000}ms"
+
+
+def lag_for_tail(ds: CounterSketchDataset, tail_ns: int) -> float:
+    """A ``query_tier_lag_s`` that leaves the last ``tail_ns`` of the data to the raw tier."""
+    return (time.time_ns() - ds.end_ns + tail_ns) / NS
+
+
+async def ask(
+    api: httpx.AsyncClient, influxdb_url: str, db: str, q: str
+) -> tuple[httpx.Response, dict[str, Any]]:
+    params = {"db": db, "q": q, "epoch": "ns"}
+    got = await api.get("/query", params=params)
+    async with httpx.AsyncClient(timeout=60) as direct:
+        want = await direct.get(f"{influxdb_url}/query", params=params)
+    assert got.status_code == 200, got.text
+    assert want.status_code == 200, want.text
+    return got, want.json()
+
+
+def series_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    result = answer["results"][0]
+    assert "error" not in result, result
+    series: list[dict[str, Any]] = result.get("series", [])
+    return series
+
+
+# --------------------------------------------------------------------------------------------
+# Percentiles
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("interval", "tier", "tail_minutes"),
+    [("1m", "1m", 0), ("5m", "1m", 17), ("1h", "1h", 0), ("2h", "1h", 95)],
+)
+async def test_percentiles_from_merged_sketches_are_within_1_percent_of_influxdb_over_raw(
+    interval: str,
+    tier: str,
+    tail_minutes: int,
+    dataset: CounterSketchDataset,
+    query_client_factory: QueryClientFactory,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    ds = dataset
+    api = query_client_factory(query_tier_lag_s=lag_for_tail(ds, tail_minutes * MINUTE_NS))
+    tf = time_filter(ds, 7 * MINUTE_NS + 13_500_000_000, 3 * MINUTE_NS)
+    q = (
+        'SELECT percentile("latency", 50), percentile("latency", 90) AS p90, '
+        'percentile("latency", 99.9), percentile(latency, 99) FROM "http" '
+        f'WHERE {tf} GROUP BY time({interval}), "host" fill(null)'
+    )
+    got, want = await ask(api, influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == tier
+    got_series, want_series = series_of(got.json()), series_of(want)
+    assert [(s["name"], s.get("tags")) for s in got_series] == [
+        (s["name"], s.get("tags")) for s in want_series
+    ]
+    compared = 0
+    for gs, ws in zip(got_series, want_series, strict=True):
+        assert (
+            gs["columns"]
+            == ws["columns"]
+            == [
+                "time",
+                "percentile",
+                "p90",
+                "percentile_1",
+                "percentile_2",
+            ]
+        )
+        assert [r[0] for r in gs["values"]] == [r[0] for r in ws["values"]]
+        for g_row, w_row in zip(gs["values"], ws["values"], strict=True):
+            for g, w in zip(g_row[1:], w_row[1:], strict=True):
+                if w is None:
+                    assert g is None, (gs["tags"], g_row, w_row)
+                    continue
+                assert g is not None, (gs["tags"], g_row, w_row)
+                assert math.isclose(g, w, rel_tol=RELATIVE_ACCURACY, abs_tol=1e-300), (
+                    gs["tags"],
+                    g_row,
+                    w_row,
+                )
+                compared += 1
+    assert compared > 20
+
+
+async def test_a_percentile_over_all_series_merges_every_series_sketch(
+    dataset: CounterSketchDataset,
+    query_client_factory: QueryClientFactory,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    ds = dataset
+    tf = time_filter(ds, 0, 0)
+    q = f"SELECT percentile(latency, 95) FROM http WHERE {tf} GROUP BY time(30m) fill(none)"
+    got, want = await ask(query_client_factory(), influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == "1m"
+    (gs,) = series_of(got.json())
+    (ws,) = series_of(want)
+    assert "tags" not in gs
+    assert [r[0] for r in gs["values"]] == [r[0] for r in ws["values"]]
+    for (_, g), (_, w) in zip(gs["values"], ws["values"], strict=True):
+        assert math.isclose(g, w, rel_tol=RELATIVE_ACCURACY)
+
+
+# --------------------------------------------------------------------------------------------
+# Counters
+# --------------------------------------------------------------------------------------------
+
+
+def reference_increases(
+    samples: dict[str, list[Sample]], interval_ns: int, start_ns: int, end_ns: int, by_host: bool
+) -> dict[str | None, dict[int, float]]:
+    """Independent reference: per output series, interval start -> the summed increase of the
+    pairs whose later sample is in that interval and before ``end`` (a drop counts from
+    zero; the first interval also counts the pairs before ``start``), for the intervals
+    holding a sample of the range ``[start, end)``; as InfluxDB lays out ``difference()``, the
+    first interval holding a sample has no row unless the interval before the range start
+    (``[start - interval, first interval)``, which InfluxDB reads too) holds one."""
+    first_bucket = start_ns - start_ns % interval_ns
+    out: dict[str | None, dict[int, float]] = {}
+    holding: dict[str | None, set[int]] = {}
+    increase: dict[str | None, dict[int, float]] = {}
+    for host, points in samples.items():
+        key = host if by_host else None
+        held = holding.setdefault(key, set())
+        inc = increase.setdefault(key, {})
+        previous = None
+        for t, v in points:
+            b = t - t % interval_ns
+            if start_ns - interval_ns <= t < first_bucket or start_ns <= t < end_ns:
+                held.add(b)
+            if t >= end_ns:
+                break
+            delta = 0.0 if previous is None else (v - previous if v >= previous else v)
+            inc[b] = inc.get(b, 0.0) + delta
+            previous = v
+    for key, held in holding.items():
+        if held:
+            held.discard(min(held))
+        out[key] = {b: increase[key][b] for b in sorted(held) if b >= first_bucket}
+    return out
+
+
+@pytest.mark.parametrize(
+    ("function", "interval", "tier", "tail_minutes"),
+    [
+        ("difference", "1m", "1m", 0),
+        ("non_negative_difference", "5m", "1m", 23),
+        ("non_negative_derivative", "1h", "1h", 0),
+        ("derivative", "2h", "1h", 75),
+    ],
+)
+async def test_counter_functions_answer_the_reset_aware_increase_from_the_tiers(
+    function: str,
+    interval: str,
+    tier: str,
+    tail_minutes: int,
+    dataset: CounterSketchDataset,
+    query_client_factory: QueryClientFactory,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    ds = dataset
+    api = query_client_factory(query_tier_lag_s=lag_for_tail(ds, tail_minutes * MINUTE_NS))
+    start_offset, end_offset = 4 * MINUTE_NS + 2_250_000_000, 2 * MINUTE_NS
+    tf = time_filter(ds, start_offset, end_offset)
+    unit = ", 1m" if function.endswith("derivative") else ""
+    q = (
+        f'SELECT {function}(last("requests_total"){unit}) FROM "http" WHERE {tf} '
+        f'GROUP BY time({interval}), "host"'
+    )
+    got, want = await ask(api, influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == tier
+    interval_ns = {"1m": 1, "5m": 5, "1h": 60, "2h": 120}[interval] * MINUTE_NS
+    start = (ds.start_ns + start_offset) // 1_000_000 * 1_000_000
+    end = (ds.end_ns - end_offset) // 1_000_000 * 1_000_000 + 1
+    reference = reference_increases(ds.counter, interval_ns, start, end, by_host=True)
+    got_series = series_of(got.json())
+    assert [s["tags"]["host"] for s in got_series] == ["a", "b", "c"]
+    # InfluxDB's own difference() over raw: the same rows (it differs in value at resets).
+    diff_q = q.replace(f"{function}(", "difference(").replace(unit, "")
+    _, raw_diff = await ask(api, influxdb_server.url, ds.database, diff_q)
+    raw_times = {s["tags"]["host"]: [r[0] for r in s["values"]] for s in series_of(raw_diff)}
+    unit_ns = float(MINUTE_NS) if unit else 0.0
+    resets_seen = 0
+    for s in got_series:
+        host = s["tags"]["host"]
+        assert s["columns"] == ["time", function]
+        times = [r[0] for r in s["values"]]
+        assert times == sorted(reference[host]) == raw_times[host]
+        for t, value in s["values"]:
+            increase = reference[host][t]
+            assert value == (increase * unit_ns / interval_ns if unit else increase), (host, t)
+        raw_values = dict(
+            next(r for r in series_of(raw_diff) if r["tags"]["host"] == host)["values"]
+        )
+        resets_seen += sum(1 for t in times if raw_values[t] < 0)
+        # InfluxDB's own answer of the same function over raw: where no reset (and no gap,
+        # for a derivative) is involved the same value, else less (a reset loses increase).
+        influx = dict(next(w for w in series_of(want) if w["tags"]["host"] == host)["values"])
+        same = 0
+        for t, value in s["values"]:
+            if t in influx:
+                assert influx[t] <= value * (1 + 1e-12), (host, t, influx[t], value)
+                same += math.isclose(influx[t], value, rel_tol=1e-12)
+        if interval_ns <= 5 * MINUTE_NS:  # coarser intervals nearly all hold a reset
+            assert same >= 0.8 * len(influx) > 0
+    assert resets_seen > 0, "the data should have resets inside the range"
+
+
+async def test_a_counter_over_all_series_is_the_sum_of_their_increases(
+    dataset: CounterSketchDataset,
+    query_client_factory: QueryClientFactory,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    ds = dataset
+    api = query_client_factory(query_tier_lag_s=lag_for_tail(ds, 50 * MINUTE_NS))
+    tf = time_filter(ds, 0, 0)
+    q = (
+        "SELECT non_negative_difference(max(requests_total)) FROM http "
+        f"WHERE {tf} GROUP BY time(30m)"
+    )
+    got, _ = await ask(api, influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == "1m"
+    (s,) = series_of(got.json())
+    reference = reference_increases(ds.counter, 30 * MINUTE_NS, ds.start_ns, ds.end_ns, False)
+    assert dict(s["values"]) == reference[None]
+
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        'percentile("requests_total", 50)',  # no sketch_requests_total in the tiers
+        'non_negative_derivative(last("latency"), 1s)',  # not a counter: no increase_latency
+        'non_negative_derivative(first("requests_total"), 1s)',
+        'percentile("latency", 50), mean("latency")',
+    ],
+)
+async def test_what_the_tiers_cannot_answer_goes_to_raw(
+    select: str,
+    dataset: CounterSketchDataset,
+    query_client_factory: QueryClientFactory,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    ds = dataset
+    q = f'SELECT {select} FROM "http" WHERE {time_filter(ds, 0, 0)} GROUP BY time(5m), "host"'
+    got, want = await ask(query_client_factory(), influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == "raw"
+    assert got.json() == want
