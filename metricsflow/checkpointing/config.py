@@ -27,7 +27,9 @@ class CheckpointConfig:
     - ``num_retained``: completed checkpoints kept; older ones are discarded.
     - ``retain_on_cancellation``: externalized checkpoints: keep the retained checkpoints
       when the job is cancelled (otherwise they are deleted on cancel).
-    - ``incremental``: let backends that can (RocksDB) upload only new files.
+    - ``incremental``: let backends write only what changed since their last completed
+      checkpoint (RocksDB: new SST files; heap: changed key-range segments); savepoints are
+      always full.
     """
 
     interval_ms: int = 5_000

@@ -38,6 +38,7 @@ from metricsflow.checkpointing.metadata import (
     checkpoint_dir,
     encode_metadata,
     metadata_path,
+    shared_checkpoint_dir,
 )
 from metricsflow.checkpointing.protocol import (
     CheckpointBarrier,
@@ -46,7 +47,7 @@ from metricsflow.checkpointing.protocol import (
     TaskAcknowledgement,
 )
 from metricsflow.checkpointing.retention import PartitionRetention, RetentionGuard
-from metricsflow.checkpointing.shared_registry import SharedStateRegistry
+from metricsflow.checkpointing.shared_registry import SharedStateRegistry, delete_shared_files
 from metricsflow.errors import CheckpointError
 from metricsflow.state.handles import CheckpointStorage
 from metricsflow.time.base import Clock, SystemClock
@@ -352,7 +353,14 @@ class CheckpointCoordinator:
             )
             if all(c.checkpoint_id != checkpoint_id for c in self.completed_checkpoints):
                 # the checkpoint was aborted before this task's files were written: drop them
-                paths = [h.path for _, kg_handle in ack.keyed for h in kg_handle.private]
+                # (its own files: shared ones it only references belong to older checkpoints)
+                own = shared_checkpoint_dir(checkpoint_id) + "/"
+                paths = [h.path for _, kg_handle in ack.keyed for h in kg_handle.private] + [
+                    h.path
+                    for _, kg_handle in ack.keyed
+                    for h in kg_handle.shared
+                    if h.path.startswith(own)
+                ]
                 storage = self._aborted_savepoints.get(checkpoint_id, self.storage)
                 self._spawn(self._cleanup(storage, paths, checkpoint_id))
             return
@@ -466,12 +474,13 @@ class CheckpointCoordinator:
             )
         )
         logger.info(
-            "checkpoint completed checkpoint_id=%d type=%s location=%s size=%d duration_ms=%.1f "
-            "sync_ms=%.2f async_ms=%.1f alignment_ms=%.2f",
+            "checkpoint completed checkpoint_id=%d type=%s location=%s size=%d written=%d "
+            "duration_ms=%.1f sync_ms=%.2f async_ms=%.1f alignment_ms=%.2f",
             completed.checkpoint_id,
             pending.options.checkpoint_type.value,
             completed.location,
             completed.state_size,
+            metadata.written_bytes,
             completed.duration_ns / 1e6,
             completed.sync_duration_ns / 1e6,
             completed.async_duration_ns / 1e6,
@@ -501,8 +510,7 @@ class CheckpointCoordinator:
 
         def delete() -> None:
             self.storage.delete(checkpoint_dir(old.checkpoint_id))
-            for handle in unused:
-                self.storage.delete(handle.path)
+            delete_shared_files(self.storage, unused)
 
         try:
             await asyncio.to_thread(delete)
@@ -590,7 +598,7 @@ def _files_of(pending: PendingCheckpoint) -> list[str]:
     ``_metadata`` at the root of its own storage)."""
     if pending.is_savepoint:
         return [checkpoint_dir(pending.checkpoint_id), METADATA_FILE]
-    return [checkpoint_dir(pending.checkpoint_id)]
+    return [checkpoint_dir(pending.checkpoint_id), shared_checkpoint_dir(pending.checkpoint_id)]
 
 
 def _consume(future: asyncio.Future[CompletedCheckpoint]) -> None:

@@ -48,6 +48,12 @@ def checkpoint_dir(checkpoint_id: int) -> str:
     return f"chk-{checkpoint_id}"
 
 
+def shared_checkpoint_dir(checkpoint_id: int) -> str:
+    """Where checkpoint *n* writes new shared files that later checkpoints may reference
+    (heap segments); RocksDB's content-addressed SSTs are directly under ``shared/``."""
+    return f"shared/{checkpoint_dir(checkpoint_id)}"
+
+
 def metadata_path(checkpoint_id: int) -> str:
     return f"{checkpoint_dir(checkpoint_id)}/{METADATA_FILE}"
 
@@ -101,6 +107,14 @@ class CheckpointMetadata:
     @property
     def state_size(self) -> int:
         return sum(e.handle.size for e in self.keyed) + sum(len(h.data) for h in self.operator)
+
+    @property
+    def written_bytes(self) -> int:
+        """Bytes this checkpoint wrote (its state size less the shared files it reused from
+        earlier checkpoints, as its backends report them)."""
+        return sum(
+            int(e.handle.metadata.get("written_bytes", e.handle.size)) for e in self.keyed
+        ) + sum(len(h.data) for h in self.operator)
 
 
 def _file_to_json(h: StreamStateHandle) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """``SharedStateRegistry``: reference counts of the shared files of incremental checkpoints.
 
-An incremental RocksDB checkpoint references SST files under ``shared/`` that earlier
-checkpoints uploaded. A shared file may be deleted only when no *retained* checkpoint
+An incremental checkpoint references files under ``shared/`` that earlier checkpoints wrote
+(RocksDB's SST files, ``shared/<sha256>.sst``; the heap backend's segment files,
+``shared/chk-<n>/...``). A shared file may be deleted only when no *retained* checkpoint
 references it. The checkpoint coordinator:
 
 - calls ``register(checkpoint_id, handles)`` when checkpoint *n* completes (it may call it
@@ -21,12 +22,15 @@ the one it subsumes is released, so that a file both reference never drops to ze
 from __future__ import annotations
 
 import logging
+import posixpath
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
-from metricsflow.state.handles import KeyGroupStateHandle, StreamStateHandle
+from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle, StreamStateHandle
 
 log = logging.getLogger(__name__)
+
+_SHARED = "shared"
 
 
 class SharedStateRegistry:
@@ -100,3 +104,44 @@ class SharedStateRegistry:
     def checkpoints(self) -> frozenset[int]:
         with self._lock:
             return frozenset(self._by_checkpoint)
+
+
+def delete_shared_files(storage: CheckpointStorage, handles: Iterable[StreamStateHandle]) -> None:
+    """Delete shared files no retained checkpoint references (``release``'s answer), and the
+    ``shared/chk-<n>/`` directories they leave empty."""
+    parents: set[str] = set()
+    for handle in handles:
+        storage.delete(handle.path)
+        parent = posixpath.dirname(handle.path)
+        if parent != _SHARED:
+            parents.add(parent)
+    for parent in sorted(parents):
+        if not storage.list_dir(parent):
+            storage.delete(parent)
+
+
+def remove_unreferenced_shared_files(
+    storage: CheckpointStorage, referenced: Collection[str]
+) -> int:
+    """Delete every file under ``shared/`` that is not in ``referenced`` (the registry of the
+    retained checkpoints): what checkpoints that never completed (a crash mid-checkpoint, an
+    abort whose cleanup did not run) left behind. Call it only while no checkpoint of this
+    storage is in flight (at start, before the first trigger). Returns the files deleted."""
+    deleted = 0
+    for name in storage.list_dir(_SHARED):
+        path = f"{_SHARED}/{name}"
+        children = storage.list_dir(path)
+        if children:  # a shared/chk-<n>/ directory of heap segments
+            doomed = [f"{path}/{c}" for c in children if f"{path}/{c}" not in referenced]
+            if len(doomed) == len(children):
+                storage.delete(path)
+            else:
+                for child in doomed:
+                    storage.delete(child)
+            deleted += len(doomed)
+        elif path not in referenced:
+            storage.delete(path)
+            deleted += 1
+    if deleted:
+        log.info("unreferenced shared files removed files=%d", deleted)
+    return deleted

@@ -40,7 +40,8 @@ from metricsflow.checkpointing.savepoints import (
     default_storage_factory,
     new_savepoint_location,
 )
-from metricsflow.errors import ConfigurationError
+from metricsflow.checkpointing.shared_registry import remove_unreferenced_shared_files
+from metricsflow.errors import CheckpointError, ConfigurationError
 from metricsflow.runtime.base import Operator, OperatorContext, StateInitializationContext
 from metricsflow.runtime.graph import InputGate, JobGraph, StateBackendFactory
 from metricsflow.runtime.managed_state import (
@@ -223,18 +224,22 @@ class Job:
                 metadata, uids, allow_non_restored_state=plan.allow_non_restored_state
             )
 
-    def _adopt_restored_checkpoints(self) -> None:
-        """Retained checkpoints of our own storage, up to the one restored from, stay
-        managed (retention, shared-file refcounts); newer ones were skipped as invalid."""
-        own = [m for m, s in self.restore_plan.sources() if s is self.storage]
-        if not own:
-            return
-        newest = max(m.checkpoint_id for m in own)
-        for meta in CheckpointRecovery(self.storage).valid_checkpoints():
-            if meta.checkpoint_id <= newest and not meta.is_savepoint:
+    async def _adopt_own_checkpoints(self) -> None:
+        """Every valid checkpoint an earlier process left in our own storage is managed again
+        (retention by count and by partition, shared-file refcounts), whether or not we
+        restore from it, so that it is deleted in time; then ``shared/`` files none of them
+        references (a checkpoint cut short by a crash) are deleted."""
+        valid = await asyncio.to_thread(CheckpointRecovery(self.storage).valid_checkpoints)
+        for meta in valid:
+            if not meta.is_savepoint:
                 self.coordinator.add_restored_checkpoint(
                     CompletedCheckpoint(meta, self.storage, f"chk-{meta.checkpoint_id}")
                 )
+        referenced = self.coordinator.shared_registry.referenced_paths()
+        try:
+            await asyncio.to_thread(remove_unreferenced_shared_files, self.storage, referenced)
+        except CheckpointError:
+            logger.exception("removing unreferenced shared files failed job=%s", self.graph.name)
 
     def _make_backend(
         self, op: Operator, key_group: int, policy: SnapshotPolicy
@@ -324,7 +329,7 @@ class Job:
         self.coordinator.continue_checkpoint_ids_after(
             max(max_checkpoint_id_in(self.storage), self.restore_plan.max_checkpoint_id)
         )
-        self._adopt_restored_checkpoints()
+        await self._adopt_own_checkpoints()
         self._env = TaskEnvironment(
             mode=self.config.mode,
             responder=self.coordinator,

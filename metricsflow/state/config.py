@@ -21,7 +21,7 @@ class StateBackendConfig:
     """Settings of the keyed state backend.
 
     - ``backend``: ``"heap"`` (default; state as Python objects, fastest) or ``"rocksdb"``
-      (embedded RocksDB on local disk: state larger than memory, incremental checkpoints).
+      (embedded RocksDB on local disk: state larger than memory).
     - ``local_dir``: RocksDB working directory (disposable: wiped at start, since checkpoints
       are the durable copy); ``None`` = a fresh temporary directory.
     - ``rocksdb_block_cache_bytes``: one LRU block cache shared by every RocksDB backend and

@@ -24,14 +24,16 @@ import bisect
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from metricsflow.errors import StateError
-from metricsflow.state import snapshot_format
+from metricsflow.state import heap_segments, snapshot_format
 from metricsflow.state.base import AsyncSnapshot, KeyedStateBackend, StateDescriptor
 from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle
 from metricsflow.state.serializers import ColumnarChunk
@@ -44,7 +46,7 @@ _DEAD_COMPACT_RATIO = 0.25
 
 
 class _SortedMap:
-    __slots__ = ("data", "dead", "pending", "shared", "sorted_keys")
+    __slots__ = ("data", "dead", "pending", "shared", "sorted_keys", "touched")
 
     def __init__(
         self, data: dict[bytes, Any] | None = None, sorted_keys: list[bytes] | None = None
@@ -54,6 +56,9 @@ class _SortedMap:
         self.pending: set[bytes] = set()
         self.dead: set[bytes] = set()
         self.shared = False
+        #: keys written or deleted since the last incremental snapshot; ``None``: not tracked
+        #: (no incremental snapshot taken yet, so the next one rewrites the map anyway)
+        self.touched: set[bytes] | None = None
 
     def own(self) -> None:
         """Copy-on-write: stop sharing the containers a snapshot still reads."""
@@ -65,6 +70,8 @@ class _SortedMap:
     def put(self, key: bytes, value: Any) -> None:
         if self.shared:
             self.own()
+        if self.touched is not None:
+            self.touched.add(key)
         data = self.data
         if key not in data:
             if key in self.dead:
@@ -78,6 +85,8 @@ class _SortedMap:
             return
         if self.shared:
             self.own()
+        if self.touched is not None:
+            self.touched.add(key)
         del self.data[key]
         if key in self.pending:
             self.pending.discard(key)
@@ -123,6 +132,8 @@ class _SortedMap:
             self.own()
         data = self.data
         doomed = keys[lo:hi]
+        if self.touched is not None:
+            self.touched.update(doomed)
         deleted = 0
         for key in doomed:
             if data.pop(key, _MISSING) is not _MISSING:
@@ -164,23 +175,42 @@ def snapshot_path(checkpoint_id: int, owner: str, key_group: int) -> str:
     return f"chk-{checkpoint_id}/{owner}/kg-{key_group}.mfks"
 
 
+@dataclass(slots=True)
+class _Tracking:
+    """Incremental snapshots of one key group: the layout of the last completed checkpoint
+    (the base), the keys touched per snapshot taken since, and layouts awaiting completion."""
+
+    base: heap_segments.Layout | None = None
+    since_base: list[tuple[int, dict[str, set[bytes] | None]]] = field(default_factory=list)
+    layouts: dict[int, heap_segments.Layout] = field(default_factory=dict)
+
+
+#: snapshots not followed by a completed checkpoint after which the next one is a full rewrite
+#: (bounds the touched-key sets kept while checkpoints keep failing)
+_MAX_UNCONFIRMED = 16
+
+_Captured = tuple[int, list[tuple[StateDescriptor[Any], _SortedMap]]]
+_CapturedIncremental = tuple[int, list[heap_segments.CapturedState], heap_segments.Layout | None]
+
+
 class _HeapAsyncSnapshot(AsyncSnapshot):
     def __init__(
         self,
-        backend_name: str,
-        owner: str,
+        backend: HeapKeyedStateBackend,
         checkpoint_id: int,
-        captured: list[tuple[int, list[tuple[StateDescriptor[Any], _SortedMap]]]],
+        captured: list[_Captured],
+        incremental: list[_CapturedIncremental],
         storage: CheckpointStorage,
     ) -> None:
-        self._backend_name = backend_name
-        self._owner = owner
+        self._backend = backend
         self._checkpoint_id = checkpoint_id
         self._captured = captured
+        self._incremental = incremental
         self._storage = storage
 
     def run(self) -> list[KeyGroupStateHandle]:
         started = time.perf_counter()
+        backend, owner = self._backend.name, self._backend.owner
         handles: list[KeyGroupStateHandle] = []
         for key_group, states in self._captured:
             sections = []
@@ -197,21 +227,36 @@ class _HeapAsyncSnapshot(AsyncSnapshot):
                         entries,
                     )
                 )
-            blob = snapshot_format.encode(
-                key_group, self._checkpoint_id, self._backend_name, sections
-            )
-            path = snapshot_path(self._checkpoint_id, self._owner, key_group)
+            blob = snapshot_format.encode(key_group, self._checkpoint_id, backend, sections)
+            path = snapshot_path(self._checkpoint_id, owner, key_group)
             file_handle = self._storage.write_file(path, blob)
-            handles.append(
-                full_snapshot_handle(key_group, self._backend_name, file_handle, sections)
+            handles.append(full_snapshot_handle(key_group, backend, file_handle, sections))
+        written = sum(h.size for h in handles)
+        compacted = 0
+        for key_group, captured_states, base in self._incremental:
+            result = heap_segments.write_segments(
+                backend=backend,
+                owner=owner,
+                key_group=key_group,
+                checkpoint_id=self._checkpoint_id,
+                states=captured_states,
+                base=base,
+                storage=self._storage,
+                segment_bytes=self._backend.segment_bytes,
             )
-        log.info(
+            self._backend._record_layout(self._checkpoint_id, key_group, result.layout)
+            handles.append(result.handle)
+            written += result.written_bytes
+            compacted += result.compacted
+        log.debug(
             "heap snapshot persisted checkpoint_id=%d owner=%s key_groups=%d bytes=%d "
-            "duration_ms=%.1f",
+            "written_bytes=%d full_rewrites=%d duration_ms=%.1f",
             self._checkpoint_id,
-            self._owner,
+            owner,
             len(handles),
             sum(h.size for h in handles),
+            written,
+            compacted,
             (time.perf_counter() - started) * 1e3,
         )
         return handles
@@ -259,6 +304,16 @@ def read_full_snapshot(
     return snap
 
 
+def read_sections(
+    handle: KeyGroupStateHandle, storage: CheckpointStorage
+) -> list[snapshot_format.StateSection]:
+    """The state sections of a handle in the canonical format: a full snapshot file, or the
+    segments of an incremental heap checkpoint (both backends restore either)."""
+    if handle.metadata.get("kind") == heap_segments.KIND:
+        return heap_segments.read_segment_sections(handle, storage)
+    return list(read_full_snapshot(handle, storage).states)
+
+
 def check_section(
     descriptors: dict[str, StateDescriptor[Any]], section: snapshot_format.StateSection
 ) -> StateDescriptor[Any]:
@@ -278,14 +333,22 @@ def check_section(
 
 
 class HeapKeyedStateBackend(KeyedStateBackend):
-    """Keyed state on the Python heap; snapshots are full, copy-on-write, asynchronous."""
+    """Keyed state on the Python heap; snapshots are copy-on-write and asynchronous, and
+    incremental ones write only the segments that changed (``heap_segments``)."""
 
     name = "heap"
 
-    def __init__(self, owner: str = "keyed") -> None:
+    def __init__(
+        self, owner: str = "keyed", *, segment_bytes: int = heap_segments.DEFAULT_SEGMENT_BYTES
+    ) -> None:
+        if segment_bytes < 1:
+            raise StateError(f"segment_bytes must be positive, got {segment_bytes!r}")
         self.owner = _sanitize_owner(owner)
+        self.segment_bytes = segment_bytes
         self._descriptors: dict[str, StateDescriptor[Any]] = {}
         self._groups: dict[int, dict[str, _SortedMap]] = {}
+        self._lock = threading.Lock()
+        self._tracking: dict[int, _Tracking] = {}
         self._closed = False
 
     # -- registration ----------------------------------------------------------------------
@@ -363,6 +426,8 @@ class HeapKeyedStateBackend(KeyedStateBackend):
 
     def drop_key_group(self, key_group: int) -> None:
         self._groups.pop(key_group, None)
+        with self._lock:
+            self._tracking.pop(key_group, None)
         log.info("key group dropped backend=heap owner=%s key_group=%d", self.owner, key_group)
 
     def size_bytes(self, key_group: int | None = None) -> int:
@@ -389,39 +454,109 @@ class HeapKeyedStateBackend(KeyedStateBackend):
         *,
         incremental: bool = True,
     ) -> AsyncSnapshot:
-        captured: list[tuple[int, list[tuple[StateDescriptor[Any], _SortedMap]]]] = []
+        captured: list[_Captured] = []
+        captured_incremental: list[_CapturedIncremental] = []
         for key_group in sorted(set(key_groups)):
+            if incremental:
+                captured_incremental.append(self._capture_incremental(checkpoint_id, key_group))
+                continue
             states: list[tuple[StateDescriptor[Any], _SortedMap]] = []
             for name, smap in sorted(self._groups.get(key_group, {}).items()):
                 if not smap.data:
                     continue
-                view = _SortedMap(smap.data, smap.sorted_keys)
-                view.pending, view.dead = smap.pending, smap.dead
-                smap.shared = True
-                states.append((self._descriptors[name], view))
+                states.append((self._descriptors[name], self._capture_view(smap)))
             captured.append((key_group, states))
-        return _HeapAsyncSnapshot(self.name, self.owner, checkpoint_id, captured, storage)
+        return _HeapAsyncSnapshot(self, checkpoint_id, captured, captured_incremental, storage)
+
+    @staticmethod
+    def _capture_view(smap: _SortedMap) -> _SortedMap:
+        view = _SortedMap(smap.data, smap.sorted_keys)
+        view.pending, view.dead = smap.pending, smap.dead
+        smap.shared = True
+        return view
+
+    def _capture_incremental(self, checkpoint_id: int, key_group: int) -> _CapturedIncremental:
+        with self._lock:
+            track = self._tracking.setdefault(key_group, _Tracking())
+            if len(track.since_base) >= _MAX_UNCONFIRMED:  # checkpoints keep failing
+                track.base, track.since_base = None, []
+            base = track.base
+            history = list(track.since_base)
+        touched_now: dict[str, set[bytes] | None] = {}
+        states: list[heap_segments.CapturedState] = []
+        for name, smap in sorted(self._groups.get(key_group, {}).items()):
+            touched_now[name] = smap.touched
+            smap.touched = set()
+            if not smap.data:
+                continue
+            view = self._capture_view(smap)
+            since: list[set[bytes]] | None = []
+            for _, per_state in (*history, (checkpoint_id, touched_now)):
+                keys = per_state.get(name)
+                if keys is None or since is None:
+                    since = None
+                    break
+                since.append(keys)
+            serializer = self._descriptors[name].serializer
+            states.append(
+                heap_segments.CapturedState(
+                    name,
+                    serializer.type_id,
+                    serializer.version,
+                    serializer.serialize,
+                    heap_segments.StateView(view.data, view.ordered),
+                    None if base is None or since is None else tuple(since),
+                )
+            )
+        with self._lock:
+            if self._tracking.get(key_group) is track:
+                track.since_base.append((checkpoint_id, touched_now))
+        return key_group, states, base
+
+    def _record_layout(
+        self, checkpoint_id: int, key_group: int, layout: heap_segments.Layout
+    ) -> None:
+        with self._lock:
+            track = self._tracking.get(key_group)
+            if track is not None:
+                track.layouts[checkpoint_id] = layout
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Base the next incremental snapshots on this checkpoint's segments."""
+        with self._lock:
+            for track in self._tracking.values():
+                layout = track.layouts.pop(checkpoint_id, None)
+                for older in [c for c in track.layouts if c < checkpoint_id]:
+                    del track.layouts[older]
+                if layout is None:
+                    continue
+                track.base = layout
+                track.since_base = [e for e in track.since_base if e[0] > checkpoint_id]
 
     def restore(self, handles: Sequence[KeyGroupStateHandle], storage: CheckpointStorage) -> None:
         for handle in handles:
-            snap = read_full_snapshot(handle, storage)
-            group: dict[str, _SortedMap] = {}
-            for section in snap.states:
+            sections = read_sections(handle, storage)
+            parts: dict[str, tuple[dict[bytes, Any], list[bytes]]] = {}
+            for section in sections:
                 descriptor = check_section(self._descriptors, section)
                 deserialize = descriptor.serializer.deserialize
                 version = section.serializer_version
-                keys = [k for k, _ in section.entries]
-                data = {k: deserialize(v, version) for k, v in section.entries}
-                group[section.name] = _SortedMap(data, keys)
-            self._groups[handle.key_group] = group
+                data, keys = parts.setdefault(section.name, ({}, []))
+                keys.extend(k for k, _ in section.entries)
+                data.update((k, deserialize(v, version)) for k, v in section.entries)
+            self._groups[handle.key_group] = {
+                name: _SortedMap(data, keys) for name, (data, keys) in parts.items()
+            }
+            with self._lock:  # the next incremental snapshot writes everything, into our root
+                self._tracking.pop(handle.key_group, None)
             log.info(
                 "key group restored backend=heap owner=%s key_group=%d from_backend=%s "
-                "checkpoint_id=%d states=%d",
+                "kind=%s states=%d",
                 self.owner,
                 handle.key_group,
-                snap.backend,
-                snap.checkpoint_id,
-                len(group),
+                handle.backend,
+                handle.metadata.get("kind", "full"),
+                len(parts),
             )
 
     def close(self) -> None:

@@ -52,7 +52,7 @@ from metricsflow.state.heap import (
     _sanitize_owner,
     check_section,
     full_snapshot_handle,
-    read_full_snapshot,
+    read_sections,
     snapshot_path,
 )
 
@@ -398,8 +398,10 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             )
 
     def _restore_full(self, handle: KeyGroupStateHandle, storage: CheckpointStorage) -> None:
-        snap = read_full_snapshot(handle, storage)
-        sections = [(check_section(self._descriptors, s), s) for s in snap.states]
+        """A full snapshot file, or the segments of an incremental heap checkpoint."""
+        sections = [
+            (check_section(self._descriptors, s), s) for s in read_sections(handle, storage)
+        ]
         if not sections:
             return
         for descriptor, section in sections:
@@ -507,7 +509,7 @@ class _RocksDBAsyncSnapshot(AsyncSnapshot):
             for cap in self._captured:
                 if cap.checkpoint_dir is not None:
                     shutil.rmtree(cap.checkpoint_dir, ignore_errors=True)
-        log.info(
+        log.debug(
             "rocksdb snapshot persisted checkpoint_id=%d owner=%s incremental=%s key_groups=%d "
             "bytes=%d new_shared_files=%d duration_ms=%.1f",
             self._checkpoint_id,
@@ -528,6 +530,7 @@ class _RocksDBAsyncSnapshot(AsyncSnapshot):
         shared: list[StreamStateHandle] = []
         ssts: dict[str, StreamStateHandle] = {}
         uploaded = 0
+        written = 0
         for name in sorted(os.listdir(cap.checkpoint_dir)):
             full = os.path.join(cap.checkpoint_dir, name)
             if name.endswith(".sst"):
@@ -540,6 +543,7 @@ class _RocksDBAsyncSnapshot(AsyncSnapshot):
                     if not storage.exists(sst.path):
                         storage.write_atomic(sst.path, data)
                         uploaded += 1
+                        written += len(data)
                 ssts[name] = sst
                 shared.append(sst)
                 layout[name] = sst.path
@@ -548,6 +552,7 @@ class _RocksDBAsyncSnapshot(AsyncSnapshot):
                     data = f.read()
                 target = f"chk-{cid}/{owner}/kg-{cap.key_group}/{name}"
                 file_handle = storage.write_file(target, data)
+                written += len(data)
                 private.append(file_handle)
                 layout[name] = file_handle.path
         self._backend._record_uploads(cid, cap.key_group, ssts)
@@ -561,6 +566,7 @@ class _RocksDBAsyncSnapshot(AsyncSnapshot):
                 "kind": "incremental",
                 "layout": json.dumps(layout, sort_keys=True),
                 "serializers": json.dumps(cap.serializers, sort_keys=True),
+                "written_bytes": str(written),
             },
         )
         return handle, uploaded

@@ -367,8 +367,8 @@ class WorkerSettings(BaseSettings):
     checkpoint_incremental: bool = Field(
         default=True,
         description=(
-            "Checkpoints upload only new files where the state backend can (RocksDB); "
-            "savepoints are always full."
+            "Checkpoints write only what changed since the last completed one (RocksDB: new "
+            "SST files; heap: changed key-range segments); savepoints are always full."
         ),
     )
     state_backend: Literal["heap", "rocksdb"] = Field(

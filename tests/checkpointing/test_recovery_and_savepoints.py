@@ -20,6 +20,7 @@ from metricsflow.testing.harness import MINUTE_NS, JobRunner, metric_batches
 from metricsflow.testing.sources import decode_position
 
 MANUAL = CheckpointConfig(interval_ms=0, num_retained=3)
+MANUAL_FULL = CheckpointConfig(interval_ms=0, num_retained=3, incremental=False)
 WAIT_S = 10.0  # bound on an awaited event that must happen; never a measured delay
 
 
@@ -47,7 +48,9 @@ async def _two_checkpoints(runner: JobRunner) -> tuple[int, int]:
 async def test_a_corrupt_checkpoint_is_skipped_with_a_log_line_saying_why(
     runner_factory: Callable[..., JobRunner], caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
-    runner = runner_factory("heap", MANUAL)
+    # full snapshots: each checkpoint has a state file of its own to damage (an incremental
+    # heap checkpoint may write nothing new: tests/state/test_heap_incremental_checkpoints.py)
+    runner = runner_factory("heap", MANUAL_FULL)
     first, second = await _two_checkpoints(runner)
     root = Path(runner.storage.root_url)
     meta_file = root / metadata_path(second)

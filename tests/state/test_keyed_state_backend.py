@@ -289,7 +289,7 @@ def test_corrupt_snapshot_file_is_detected_on_restore(
     source.put(0, "names", b"k", "value")
     storage = storage_factory()
     handles = source.snapshot(1, [0], storage).run()
-    victim = handles[0].private[-1]
+    victim = (*handles[0].private, *handles[0].shared)[-1]  # heap: a shared segment file
     full = storage._full(victim.path)
     with open(full, "r+b") as f:
         f.seek(victim.size // 2)

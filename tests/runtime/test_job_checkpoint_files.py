@@ -1,0 +1,107 @@
+"""What a job leaves in its checkpoint storage across restarts: a new process manages the
+checkpoints its earlier process left (retention deletes them in time), and shared files of a
+checkpoint cut short by a crash are deleted at the next start."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from metricsflow.checkpointing.config import CheckpointConfig
+from metricsflow.checkpointing.metadata import metadata_path
+from metricsflow.checkpointing.recovery import CheckpointRecovery, RestorePlan
+from metricsflow.runtime.job import Job
+from metricsflow.testing import CollectedResults, InMemorySource
+from metricsflow.testing.harness import JobRunner, metric_batches
+
+MANUAL = CheckpointConfig(interval_ms=0, num_retained=2)
+WAIT_S = 10.0  # bound on an awaited event that must happen; never a measured delay
+
+
+def endless(seed: int) -> InMemorySource:
+    partitions = metric_batches(seed, batches=12)
+    for elements in partitions.values():
+        elements.pop()  # no END: the job stays up until cancelled
+    return InMemorySource(partitions, element_delay_s=0.002)
+
+
+async def checkpoints_while_reading(
+    make: Callable[[RestorePlan | None], Job],
+    source: InMemorySource,
+    plan: RestorePlan | None,
+    count: int,
+) -> list[int]:
+    """Run a job; take ``count`` checkpoints, each after every reader moved on; cancel."""
+    job = make(plan)
+    task = asyncio.create_task(job.run())
+    ids = []
+    for n in range(count):
+        await asyncio.wait_for(source.wait_for_position(2 * n + 1), WAIT_S)
+        ids.append((await job.trigger_checkpoint()).checkpoint_id)
+    job.cancel()
+    await task
+    return ids
+
+
+def checkpoint_dirs(root: Path) -> set[str]:
+    return {p.name for p in root.iterdir() if p.name.startswith("chk-")}
+
+
+def shared_files(root: Path) -> set[str]:
+    shared = root / "shared"
+    return {str(p.relative_to(root)) for p in shared.rglob("*") if p.is_file()}
+
+
+def referenced(runner: JobRunner, ids: list[int]) -> set[str]:
+    recovery = CheckpointRecovery(runner.storage)
+    return {h.path for n in ids for h in recovery.load(n).files() if h.path.startswith("shared/")}
+
+
+async def test_a_restarted_job_manages_the_checkpoints_its_earlier_process_left(
+    runner_factory: Callable[..., JobRunner],
+) -> None:
+    runner = runner_factory("heap", MANUAL)
+    root = Path(runner.storage.root_url)
+    source = endless(1)
+    first = await checkpoints_while_reading(
+        runner.job_factory(source, CollectedResults()), source, None, 3
+    )
+    assert checkpoint_dirs(root) == {f"chk-{n}" for n in first[1:]}
+
+    # the next process restores nothing from here (its partitions came from elsewhere)
+    source = endless(2)
+    second = await checkpoints_while_reading(
+        runner.job_factory(source, CollectedResults()), source, None, 2
+    )
+
+    assert second[0] > first[-1]
+    assert checkpoint_dirs(root) == {f"chk-{n}" for n in second}
+    assert shared_files(root) == referenced(runner, second)
+
+
+async def test_shared_files_of_a_checkpoint_cut_short_by_a_crash_are_deleted_at_the_next_start(
+    runner_factory: Callable[..., JobRunner],
+) -> None:
+    runner = runner_factory("heap", MANUAL)
+    root = Path(runner.storage.root_url)
+    source = endless(3)
+    first, second = await checkpoints_while_reading(
+        runner.job_factory(source, CollectedResults()), source, None, 2
+    )
+    (root / metadata_path(second)).unlink()  # the crash came before its _metadata was written
+    orphans = shared_files(root) - referenced(runner, [first])
+    assert orphans
+    assert all(p.startswith(f"shared/chk-{second}/") for p in orphans)
+
+    source = endless(3)
+    plan = CheckpointRecovery(runner.storage).plan(source.key_groups)
+    job = runner.job_factory(source, CollectedResults())(plan)
+    task = asyncio.create_task(job.run())
+    await asyncio.wait_for(job.wait_until_ready(), WAIT_S)
+    job.cancel()
+    await task
+
+    assert plan.max_checkpoint_id == first
+    assert shared_files(root) == referenced(runner, [first])
+    assert not (root / "shared" / f"chk-{second}").exists()
