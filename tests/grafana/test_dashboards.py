@@ -229,6 +229,8 @@ def expand(query: str, variables: dict[str, str], start_ms: int, end_ms: int) ->
 VARIABLES = {
     "measurement": "cpu",
     "field": "usage",
+    "counter": "requests",
+    "latency": "latency",
     "tag": "host",
     "value": regex_multi(["a", "b"]),
 }
@@ -241,6 +243,8 @@ EXPLORER_EXPECTATIONS = {
     3: (["time", "count"], {"host"}),
     4: (["time", "sum"], set()),
     5: (["time", "last", "first"], {"host", "region"}),
+    6: (["time", "p50", "p99"], set()),
+    7: (["time", "rate"], {"host"}),
 }
 
 
@@ -249,7 +253,7 @@ def explorer_dataset_factory(
     influxdb_server: InfluxDBServer,
 ) -> Iterator[Callable[[], TieredDataset]]:
     """``ds = explorer_dataset_factory()``: three days of points up to a few minutes ago in
-    raw and tiers, in a database of this module."""
+    raw and tiers (with a counter and a sketched field), in a database of this module."""
     made: list[TieredDataset] = []
 
     def make() -> TieredDataset:
@@ -258,7 +262,9 @@ def explorer_dataset_factory(
             httpx.post(f"{influxdb_server.url}/query", data={"q": f'CREATE DATABASE "{db}"'})
             end = time.time_ns() - 10 * MINUTE_NS
             made.append(
-                write_tiered_dataset(influxdb_server.url, db, end_ns=end, align_end_to=MINUTE_NS)
+                write_tiered_dataset(
+                    influxdb_server.url, db, end_ns=end, align_end_to=MINUTE_NS, counters=True
+                )
             )
         return made[0]
 
@@ -302,18 +308,36 @@ async def test_the_explorer_variables_list_measurements_raw_fields_tags_and_valu
         response = await api.get("/query", params={"db": ds.database, "q": q})
         assert response.status_code == 200, response.text
         series = response.json()["results"][0].get("series", [])
-        # Grafana takes the "value" column of SHOW TAG VALUES, the first column otherwise.
-        found[var["name"]] = {
+        # Grafana takes the "value" column of SHOW TAG VALUES, the first column otherwise,
+        # and keeps what the variable's regex matches (its first group when it has one).
+        values = {
             str(row[s["columns"].index("value")] if "value" in s["columns"] else row[0])
             for s in series
             for row in s["values"]
         }
+        found[var["name"]] = grafana_regex_filter(values, var.get("regex", ""))
     assert found == {
         "measurement": {"cpu"},
-        "field": {"usage", "temp"},
+        "field": {"usage", "temp", "requests", "latency"},
+        "counter": {"requests"},
+        "latency": {"latency"},
         "tag": {"host", "region"},
         "value": {"a", "b", "c", "d"},
     }
+
+
+def grafana_regex_filter(values: set[str], regex: str) -> set[str]:
+    """A query variable's ``regex`` (``/pattern/``): the values it matches, or their first
+    capture group when it has one, as Grafana's variable support does."""
+    if not regex:
+        return values
+    pattern = re.compile(regex[1:-1])
+    out: set[str] = set()
+    for value in values:
+        match = pattern.search(value)
+        if match:
+            out.add(match.group(1) if match.groups() else value)
+    return out
 
 
 @pytest.mark.parametrize(("zoom", "interval", "tier"), ZOOMS)
@@ -346,10 +370,37 @@ async def test_every_explorer_panel_returns_its_series_from_the_tier_of_the_zoom
             assert all(set((s.get("tags") or {}).keys()) == tag_keys for s in series)
             if "host" in tag_keys:
                 assert {s["tags"]["host"] for s in series} == {"a", "b"}
-            assert_same_values(series, want["results"][0].get("series", []))
+            want_series = want["results"][0].get("series", [])
+            if tier == "raw" or panel["id"] not in (6, 7):
+                assert_same_values(series, want_series)
+            elif panel["id"] == 6:  # merged sketches: within their 1 % relative accuracy
+                assert_same_values(series, want_series, rel=0.01)
+            else:  # a rate from increase_: InfluxDB's difference per second (no resets here)
+                diff_q = q.replace(
+                    'non_negative_derivative(last("requests"), 1s)', 'difference(last("requests"))'
+                )
+                async with httpx.AsyncClient(timeout=60) as direct:
+                    diffs = await direct.get(
+                        f"{influxdb_server.url}/query", params=params | {"q": diff_q}
+                    )
+                seconds = GRAFANA_INTERVAL_S[interval]
+                per_second = [
+                    s
+                    | {
+                        "columns": ["time", "rate"],
+                        "values": [[t, d / seconds] for t, d in s["values"]],
+                    }
+                    for s in diffs.json()["results"][0]["series"]
+                ]
+                assert_same_values(series, per_second)
 
 
-def assert_same_values(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+GRAFANA_INTERVAL_S = {"20s": 20, "2m": 120, "2h": 7200, "1d": 86400}
+
+
+def assert_same_values(
+    got: list[dict[str, Any]], want: list[dict[str, Any]], rel: float = 1e-9
+) -> None:
     assert [(s.get("tags"), s["columns"]) for s in got] == [
         (s.get("tags"), s["columns"]) for s in want
     ]
@@ -357,7 +408,7 @@ def assert_same_values(got: list[dict[str, Any]], want: list[dict[str, Any]]) ->
         assert [r[0] for r in g["values"]] == [r[0] for r in w["values"]]
         for g_row, w_row in zip(g["values"], w["values"], strict=True):
             for gv, wv in zip(g_row[1:], w_row[1:], strict=True):
-                assert gv == (wv if wv is None else pytest.approx(wv, rel=1e-9, abs=1e-9))
+                assert gv == (wv if wv is None else pytest.approx(wv, rel=rel, abs=1e-9))
 
 
 def test_the_interval_table_follows_grafana() -> None:
