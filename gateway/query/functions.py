@@ -157,9 +157,9 @@ def build_function_parts(
     first_bucket = start - start % interval
     counts = _fields(analysis, lambda _c, f: Call("count", (VarRef(f),)))
     sums = _fields(analysis, lambda c, f: Call("sum", (VarRef(tier_field_name(c, f)),)))
-    # InfluxDB reads one interval before the range for difference()/derivative(): the first
-    # interval of the range has a row only when that one holds a sample.
-    sql = _statement(analysis, src, counts, start - interval, first_bucket, timed, Fill("none"))
+    # InfluxDB reads from one interval before the range start for difference()/derivative()
+    # and gives a row to every interval holding a sample of what it read except the first.
+    sql = _statement(analysis, src, counts, start - interval, start, timed, Fill("none"))
     parts.append(FunctionPart("before_count", RAW_TIER, sql))
     if start < a:
         sql = _statement(analysis, src, counts, start, a, timed, Fill("none"))
@@ -278,7 +278,8 @@ def merge_counter_parts(
 ) -> list[Series]:
     """The counter answer: per output series and interval, the sum of its series' increases;
     rows as InfluxDB lays out ``difference``/``derivative``: only intervals holding samples,
-    not the first of them (counting the interval before the range, which InfluxDB reads)."""
+    not the first of them (counting the samples of ``[start - interval, start)``, which
+    InfluxDB reads too)."""
     interval = analysis.interval_ns
     width = len(analysis.components)
     increase: dict[tuple[tuple[str, TagSet], int, int], float] = defaultdict(float)

@@ -163,9 +163,8 @@ def reference_increases(
     """Independent reference: per output series, interval start -> the summed increase of the
     pairs whose later sample is in that interval and before ``end`` (a drop counts from
     zero; the first interval also counts the pairs before ``start``), for the intervals
-    holding a sample of the range ``[start, end)``; as InfluxDB lays out ``difference()``, the
-    first interval holding a sample has no row unless the interval before the range start
-    (``[start - interval, first interval)``, which InfluxDB reads too) holds one."""
+    holding a sample of ``[start - interval, end)`` (InfluxDB reads one interval more for
+    ``difference()``) but the first of them, as InfluxDB lays out ``difference()``."""
     first_bucket = start_ns - start_ns % interval_ns
     out: dict[str | None, dict[int, float]] = {}
     holding: dict[str | None, set[int]] = {}
@@ -177,7 +176,7 @@ def reference_increases(
         previous = None
         for t, v in points:
             b = t - t % interval_ns
-            if start_ns - interval_ns <= t < first_bucket or start_ns <= t < end_ns:
+            if start_ns - interval_ns <= t < end_ns:
                 held.add(b)
             if t >= end_ns:
                 break
@@ -296,3 +295,32 @@ async def test_what_the_tiers_cannot_answer_goes_to_raw(
     got, want = await ask(query_client_factory(), influxdb_server.url, ds.database, q)
     assert got.headers[TIER_HEADER] == "raw"
     assert got.json() == want
+
+
+@pytest.mark.parametrize(
+    "start_offset_ms", [0, 1_000, 9_999, 59_000, 295_000, 299_500, 300_000, 450_000]
+)
+async def test_counter_rows_start_where_influxdb_starts_them_for_any_range_start(
+    start_offset_ms: int,
+    dataset: CounterSketchDataset,
+    query_client_factory: QueryClientFactory,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    """InfluxDB reads one interval before the range start for difference(): whatever the
+    start (on a boundary, just after one, with the first interval's samples all before it),
+    the rows are InfluxDB's and the values the reference increases."""
+    ds = dataset
+    start = ds.start_ns + 3600 * NS + start_offset_ms * 1_000_000
+    end = start + 3600 * NS
+    q = (
+        'SELECT difference(last("requests_total")) FROM "http" '
+        f'WHERE time >= {start}ns AND time < {end}ns GROUP BY time(5m), "host"'
+    )
+    got, want = await ask(query_client_factory(), influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == "1m"
+    reference = reference_increases(ds.counter, 5 * MINUTE_NS, start, end, by_host=True)
+    raw_times = {s["tags"]["host"]: [r[0] for r in s["values"]] for s in series_of(want)}
+    for s in series_of(got.json()):
+        host = s["tags"]["host"]
+        assert [r[0] for r in s["values"]] == raw_times[host], host
+        assert dict(s["values"]) == reference[host], host
