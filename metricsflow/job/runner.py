@@ -18,6 +18,13 @@ with the eager protocol every worker would stop, flush and restore *all* its par
 failure that concerns one worker. Only when the strategy refuses (failures too frequent) does
 ``run`` raise and the process exit non-zero, for the supervisor (systemd, Kubernetes) to
 restart it with its own back-off.
+
+**A record no operator can process does not stop the job** (``runtime/isolation.py``): the
+job's :class:`~metricsflow.runtime.isolation.FailureIsolation` (kept in
+``<checkpoint_dir>/<worker_id>/failure-isolation.json``) turns such a failure into a
+:class:`~metricsflow.runtime.isolation.RecordProcessingError`; the runner restarts at once,
+without asking the restart strategy, and the replay isolates the record, dead-letters it to
+``<topic>.dlq`` and skips it (``isolation_restarts``).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from metricsflow.job.graph import SOURCE_UID, DownsamplingJobConfig, JobMetrics,
 from metricsflow.job.lock import WorkerIdLock
 from metricsflow.job.recovery import ClusterRecovery
 from metricsflow.model.partition import partition_for
+from metricsflow.runtime.isolation import FailureIsolation, RecordProcessingError
 from metricsflow.runtime.job import Job
 from metricsflow.runtime.records import split_window_key
 from metricsflow.runtime.restart import (
@@ -164,6 +172,8 @@ class DownsamplingRunner:
             allow_empty_start=config.allow_empty_start,
         )
         self.restart_strategy = config.build_restart_strategy()
+        self.isolation = FailureIsolation(root / "failure-isolation.json")
+        self.isolation_restarts = 0
         self.restarts = 0
         self.last_failure = ""
         self.sink = InfluxDBSink(config.sink)
@@ -212,6 +222,7 @@ class DownsamplingRunner:
             savepoint_root=str(self.config.savepoint_dir),
             retention_guard=self.recovery,
             checkpoint_properties=self.recovery.properties(()),
+            isolation=self.isolation,
         )
 
     def _replace_job(self) -> None:
@@ -260,6 +271,20 @@ class DownsamplingRunner:
                         await asyncio.gather(job_task, return_exceptions=True)
                     if self._state is JobStatus.STOPPED:
                         raise  # stopped with a savepoint: nothing to restart
+                    if isinstance(exc, RecordProcessingError) and not self._stopping:
+                        # failure isolation: restore and replay at once, not counted
+                        self.isolation_restarts += 1
+                        self.last_failure = repr(exc)
+                        self._transition_to(JobStatus.RESTARTING)
+                        logger.warning(
+                            "job failed on records, restarting to isolate them "
+                            "isolation_restarts=%d error=%r",
+                            self.isolation_restarts,
+                            exc,
+                        )
+                        async with self._lock:
+                            self._replace_job()
+                        continue
                     if self._stopping or not self.restart_strategy.can_restart(time.monotonic()):
                         self._transition_to(JobStatus.FAILED)
                         logger.error(

@@ -120,9 +120,23 @@ def check_name(name: str, what: str = "database") -> None:
         raise InvalidNameError(f"{what} name {shown!r} {problem}")
 
 
+class KeySeparatorError(LimitError):
+    """A series or field key holds NUL, the separator of the worker's window keys."""
+
+
+def check_key(key: str) -> None:
+    """:class:`KeySeparatorError` when a series or field key holds NUL, the separator of the
+    worker's window keys (``runtime.records.window_key``): line protocol lets it through, but
+    a key holding it cannot be split back and would fail the sink."""
+    if "\x00" in key:
+        shown = key if len(key) <= 64 else key[:64] + "..."
+        raise KeySeparatorError(f"key {shown!r} contains NUL")
+
+
 def check_record(db: str, time_ns: npt.NDArray[np.int64]) -> None:
     """What the worker checks of every record before processing it: its database name and
-    the timestamps of its samples (:class:`LimitError` naming the first offence)."""
+    the timestamps of its samples (:class:`LimitError` naming the first offence); its keys:
+    :func:`check_key`."""
     check_name(db, "database")
     bad = first_time_out_of_range(time_ns)
     if bad is not None:

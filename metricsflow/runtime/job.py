@@ -44,6 +44,7 @@ from metricsflow.checkpointing.shared_registry import remove_unreferenced_shared
 from metricsflow.errors import CheckpointError, ConfigurationError
 from metricsflow.runtime.base import Operator, OperatorContext, StateInitializationContext
 from metricsflow.runtime.graph import InputGate, JobGraph, StateBackendFactory
+from metricsflow.runtime.isolation import FailureIsolation
 from metricsflow.runtime.managed_state import (
     ManagedStateBackend,
     NoKeyedStateBackend,
@@ -82,6 +83,7 @@ class Job:
         processing_time_interval_ms: int = 200,
         retention_guard: RetentionGuard | None = None,
         checkpoint_properties: Mapping[str, str] | None = None,
+        isolation: FailureIsolation | None = None,
     ) -> None:
         self.graph = graph
         self.storage = storage
@@ -93,6 +95,8 @@ class Job:
         self._backend_factory = state_backend_factory
         self._async_threads = async_threads
         self._pt_interval_ns = processing_time_interval_ms * 1_000_000
+        self.isolation = isolation
+        """Failure isolation (runtime/isolation.py); ``None``: any failure fails the job."""
         self.sink: Operator = graph.sink_factory()
         self._sources: dict[int, SourceTask] = {}
         self._runners: dict[int, asyncio.Task[None]] = {}
@@ -337,6 +341,7 @@ class Job:
             clock=self.clock,
             fail_job=self.fail_job,
             processing_time_interval_ns=self._pt_interval_ns,
+            isolation=self.isolation,
         )
         sink_runner: asyncio.Task[None] | None = None
         try:

@@ -7,6 +7,8 @@
 
 :func:`run_with_restarts` runs a job and, after every failure the strategy allows, builds a new
 one restored from the newest valid completed checkpoint of each key group, as a worker does.
+A :class:`~metricsflow.runtime.isolation.RecordProcessingError` (failure isolation) restarts
+at once and is not counted.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from metricsflow.checkpointing.recovery import CheckpointRecovery, RestorePlan
 from metricsflow.errors import ConfigurationError
+from metricsflow.runtime.isolation import RecordProcessingError
 from metricsflow.runtime.job import Job
 from metricsflow.time.base import SleepingClock
 
@@ -118,6 +121,11 @@ async def run_with_restarts(
         try:
             await job.run()
             return restarts
+        except RecordProcessingError as exc:
+            # failure isolation: restart at once, not counted (runtime/isolation.py)
+            logger.warning("job failed on records, restarting to isolate them error=%r", exc)
+            if on_restart is not None:
+                on_restart(exc, restarts)
         except Exception as exc:
             now_s = time.monotonic() if clock is None else clock.now_ns() / 1e9
             if not strategy.can_restart(now_s):
@@ -136,6 +144,6 @@ async def run_with_restarts(
                 await asyncio.sleep(strategy.delay_s)
             else:
                 await clock.sleep_ns(round(strategy.delay_s * 1e9))
-            plan = CheckpointRecovery(
-                recovery.storage, verify_checksums=recovery.verify_checksums
-            ).plan(wanted)
+        plan = CheckpointRecovery(
+            recovery.storage, verify_checksums=recovery.verify_checksums
+        ).plan(wanted)

@@ -13,6 +13,13 @@ nothing to read right now" (caught up with the end of the input), ``ACTIVE`` mea
 may be waiting (the reader is held back by backpressure, not positioned yet, or cannot tell
 because its broker is unreachable). Only an ``IDLE`` key group's watermark may advance with the
 wall clock (``metricsflow.windows.watermarks``); a batch always makes it ``ACTIVE`` again.
+
+**Failure isolation** (``metricsflow.runtime.isolation``) needs a reader's help: which
+positions the element it returned came from (:meth:`SourceReader.last_range`), records of a
+suspect range handed out one at a time and poison positions skipped
+(:meth:`SourceReader.isolate`), and a poison record sent to the dead-letter place
+(:meth:`SourceReader.dead_letter`). A reader without it (``last_range`` ``None``) keeps the
+old behaviour: a failure fails the job.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import abc
 import enum
 
+from metricsflow.runtime.isolation import FailureIsolation, PositionRange
 from metricsflow.runtime.records import EndOfPartition, RawLinesBatch, RecordBatch
 
 SourceElement = RecordBatch | RawLinesBatch | EndOfPartition
@@ -64,6 +72,22 @@ class SourceReader(abc.ABC):
 
     def notify_checkpoint_complete(self, checkpoint_id: int) -> None:  # noqa: B027
         """Checkpoint ``checkpoint_id`` completed: its position may be committed externally."""
+
+    def last_range(self) -> PositionRange | None:
+        """The source positions the element last returned by ``poll`` was read from
+        (``None``: unknown; a failure processing it then fails the job)."""
+        return None
+
+    def isolate(self, isolation: FailureIsolation) -> None:  # noqa: B027
+        """Called once, before the first ``poll``, by a job with failure isolation: from then
+        on hand out the records of ``isolation``'s suspect range of this key group one per
+        element, skip its poison positions (``note_skipped``), and prune it when a checkpoint
+        completes (``isolation.prune``)."""
+
+    async def dead_letter(self, position: int, error: str) -> None:
+        """Send the record at ``position`` (of the element last returned) to the dead-letter
+        place; return once it is durable there."""
+        raise NotImplementedError(f"{type(self).__name__} cannot dead-letter records")
 
     def close(self) -> None:  # noqa: B027
         """Release resources; the reader is not used afterwards."""

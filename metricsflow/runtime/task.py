@@ -17,7 +17,12 @@ nothing to read lets its watermark follow the clock. The sink task awaits its op
 bounded channels and stops the sources without blocking the event loop.
 
 An exception from processing fails the job; an exception in a snapshot declines the checkpoint
-(the job goes on), unless it is a :class:`FatalTaskError`, which always fails the job.
+(the job goes on), unless it is a :class:`FatalTaskError`, which always fails the job. With
+failure isolation (``TaskEnvironment.isolation``, ``runtime/isolation.py``) an exception while
+the chain processes an element the reader can attribute to source positions fails the job with
+a :class:`~metricsflow.runtime.isolation.RecordProcessingError` instead: those positions are
+replayed one record at a time after the restore, and a record that fails alone is
+dead-lettered and skipped.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from metricsflow.runtime.base import (
     StateInitializationContext,
 )
 from metricsflow.runtime.graph import ChannelElement, InputGate, SideOutputElement
+from metricsflow.runtime.isolation import FailureIsolation, RecordProcessingError
 from metricsflow.runtime.managed_state import ManagedStateBackend
 from metricsflow.runtime.records import (
     AggregateBatch,
@@ -131,6 +137,7 @@ class TaskEnvironment:
     clock: Clock
     fail_job: Callable[[BaseException], None]
     processing_time_interval_ns: int = 200_000_000
+    isolation: FailureIsolation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +414,8 @@ class SourceTask(_TaskBase):
     async def run(self) -> None:
         clock = self.env.clock
         self.reader.restore_position(self.restored_position)
+        if self.env.isolation is not None:
+            self.reader.isolate(self.env.isolation)
         self.chain.on_watermark_status(WatermarkStatus.ACTIVE, clock.now_ns())
         next_tick = clock.now_ns() + self.env.processing_time_interval_ns
         while True:
@@ -436,8 +445,51 @@ class SourceTask(_TaskBase):
                 logger.info("key group finished key_group=%d", self.key_group)
                 continue
             self.records_in += len(element) if isinstance(element, RecordBatch) else 0
-            self.chain.process(element)
+            try:
+                self.chain.process(element)
+            except FatalTaskError:
+                raise
+            except Exception as exc:
+                await self._isolate_failure(exc)
+                raise
             await self._flush()
+
+    async def _isolate_failure(self, exc: Exception) -> None:
+        """The chain failed on the element last polled: raise a
+        :class:`RecordProcessingError` when the reader can say where it came from (suspect
+        positions, or one poison record, dead-lettered first); return (the caller re-raises
+        ``exc``) when it cannot, when the reader did not isolate a suspect range, or when the
+        isolation's budget of dead letters is spent."""
+        isolation = self.env.isolation
+        span = self.reader.last_range() if isolation is not None else None
+        if isolation is None or span is None or len(span) < 1:
+            return
+        kg = self.key_group
+        if len(span) > 1:
+            if isolation.suspects.get(kg) == span:
+                return  # replayed as a whole again: the reader does not isolate
+            isolation.mark_suspect(kg, span)
+            raise RecordProcessingError(kg, span, exc, poison=False) from exc
+        if not isolation.may_dead_letter():
+            logger.error(
+                "processing failed on one record, but the dead-letter budget is spent "
+                "(failing like any failure) key_group=%d position=%d budget=%d/%.0fs",
+                kg,
+                span.first,
+                isolation.max_poison_per_interval,
+                isolation.interval_s,
+            )
+            return
+        error = f"{type(exc).__name__}: {exc}"
+        await self.reader.dead_letter(span.first, error)
+        isolation.mark_poison(kg, span.first, error)
+        logger.error(
+            "poison record dead-lettered, every replay skips it key_group=%d position=%d error=%s",
+            kg,
+            span.first,
+            error,
+        )
+        raise RecordProcessingError(kg, span, exc, poison=True) from exc
 
     async def _checkpoint(self, barrier: CheckpointBarrier) -> None:
         cid = barrier.checkpoint_id

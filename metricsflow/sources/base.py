@@ -64,6 +64,8 @@ class SourceStats:
     points_in: int = 0
     samples_in: int = 0
     dead_letters: int = 0
+    poison_records: int = 0
+    """Of ``dead_letters``: records an operator failed on (failure isolation)."""
     rebalances: int = 0
     commits: int = 0
     commit_failures: int = 0

@@ -37,7 +37,13 @@
   topic/partition/offset, produced to the dead-letter topic ``<topic>.dlq`` (value and key
   unchanged, original headers plus ``mf-dlq-error``, ``mf-dlq-topic``, ``mf-dlq-partition``,
   ``mf-dlq-offset``, ``mf-dlq-time-ns``) and skipped. Producing the dead letter is awaited
-  (and retried) before the reader moves on.
+  (and retried) before the reader moves on. A record whose decoding raises anything else is
+  dead-lettered the same way (decoding is per record and changes no state).
+* **Failure isolation** (:mod:`metricsflow.runtime.isolation`): the elements of one fetch come
+  from offsets ``[first record, last record + 1)`` (``last_range``); inside a suspect range a
+  reader fetches one record at a time (and a fetch before it stops at its start), skips the
+  poison offsets, and ``dead_letter`` produces the poison record of the last fetch to the
+  dead-letter topic like an undecodable one (``poison_records`` in the stats).
 """
 
 from __future__ import annotations
@@ -56,9 +62,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from metricsflow.errors import ConfigurationError, SerializationError
-from metricsflow.model.columnar import decode_columnar
-from metricsflow.model.limits import LimitError, check_record
+from metricsflow.model.columnar import ColumnarChunk, decode_columnar
+from metricsflow.model.limits import check_key, check_record
 from metricsflow.model.message import read_headers
+from metricsflow.runtime.isolation import FailureIsolation, PositionRange
 from metricsflow.runtime.records import RawLinesBatch, RecordBatch
 from metricsflow.runtime.source import Source, SourceElement, SourceReader, WatermarkStatus
 from metricsflow.sources.base import AssignmentListener, SourceStats, decode_offset, encode_offset
@@ -321,6 +328,11 @@ class KafkaPartitionReader(SourceReader):
         # it has not seen (a new reader after reassignment starts fresh; the operator maps
         # into its own restored ids).
         self._keys = WindowKeyIndex()
+        self._nul_series: set[int] = set()
+        self._nul_fields: set[int] = set()
+        self._isolation: FailureIsolation | None = None
+        self._fetched: Sequence[Any] = ()
+        self._fetch_range: PositionRange | None = None
 
     def restore_position(self, position: bytes | None) -> None:
         self._seek_to = None if position is None else decode_offset(position)
@@ -369,7 +381,7 @@ class KafkaPartitionReader(SourceReader):
             self._paused = False
             logger.info("partition resumed partition=%d", self.key_group)
         fetched = await consumer.getmany(
-            self.tp, timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_records_per_fetch
+            self.tp, timeout_ms=cfg.poll_timeout_ms, max_records=self._fetch_limit()
         )
         records = fetched.get(self.tp, [])
         if self._closed:
@@ -379,6 +391,31 @@ class KafkaPartitionReader(SourceReader):
             return None
         await self._decode(records)
         return self._take() if self._pending else None
+
+    def _fetch_limit(self) -> int:
+        """Records for the next fetch: one inside a suspect range, up to its start before it."""
+        limit = self.source.config.max_records_per_fetch
+        isolation, position = self._isolation, self.next_offset
+        span = None if isolation is None else isolation.suspects.get(self.key_group)
+        if span is None or position is None or position >= span.end:
+            return limit
+        if position >= span.first:
+            return 1
+        return max(1, min(limit, span.first - position))
+
+    def last_range(self) -> PositionRange | None:
+        return self._fetch_range
+
+    def isolate(self, isolation: FailureIsolation) -> None:
+        self._isolation = isolation
+
+    async def dead_letter(self, position: int, error: str) -> None:
+        record = next((r for r in self._fetched if r.offset == position), None)
+        if record is None:
+            raise LookupError(f"offset {position} is not in the last fetch of {self.tp}")
+        self.source.stats.dead_letters += 1
+        self.source.stats.poison_records += 1
+        await self.source.produce_dead_letter(record, error)
 
     def _is_caught_up(self) -> bool:
         """A fresh fetch response says there is nothing beyond our position."""
@@ -414,7 +451,13 @@ class KafkaPartitionReader(SourceReader):
         ts_parts: list[np.ndarray[Any, np.dtype[np.int64]]] = []
         val_parts: list[np.ndarray[Any, np.dtype[np.float64]]] = []
         rec_parts: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+        self._fetched = records
+        self._fetch_range = PositionRange(int(records[0].offset), int(records[-1].offset) + 1)
+        isolation = self._isolation
         for record in records:
+            if isolation is not None and isolation.is_poison(self.key_group, int(record.offset)):
+                isolation.note_skipped()  # dead-lettered when it was judged; never again
+                continue
             stats.records_in += 1
             value = record.value
             stats.bytes_in += len(value or b"")
@@ -422,9 +465,12 @@ class KafkaPartitionReader(SourceReader):
                 if value is None:
                     raise SerializationError("record has no value (tombstone)")
                 meta = read_headers(record.headers)
-                cols = decode_columnar(value, self._keys.interner)
+                interner = self._keys.interner
+                known = len(interner.series_keys), len(interner.field_keys)
+                cols = decode_columnar(value, interner)
                 check_record(meta.db, cols.time_ns)  # what no operator could process
-            except (SerializationError, LimitError) as exc:
+                self._check_keys(cols, *known)
+            except Exception as exc:  # SerializationError, LimitError, or a decoder's bug
                 stats.dead_letters += 1
                 logger.error(
                     "undecodable record sent to the dead-letter topic topic=%s partition=%d "
@@ -468,6 +514,25 @@ class KafkaPartitionReader(SourceReader):
         else:
             self.next_offset = end
 
+    def _check_keys(self, cols: ColumnarChunk, known_series: int, known_fields: int) -> None:
+        """``KeySeparatorError`` when a sample of ``cols`` has a key holding NUL. The interner
+        keeps every key (append-only), so new keys are checked once and the ids of the bad
+        ones remembered; a record is looked at only while there are such ids."""
+        for i in range(known_series, len(cols.series_keys)):
+            if "\x00" in cols.series_keys[i]:
+                self._nul_series.add(i)
+        for i in range(known_fields, len(cols.field_keys)):
+            if "\x00" in cols.field_keys[i]:
+                self._nul_fields.add(i)
+        for bad, idx, keys in (
+            (self._nul_series, cols.series_idx, cols.series_keys),
+            (self._nul_fields, cols.field_idx, cols.field_keys),
+        ):
+            if bad:
+                hits = np.isin(idx, np.fromiter(bad, dtype=np.int64))
+                if hits.any():
+                    check_key(keys[int(idx[int(np.argmax(hits))])])
+
     def snapshot_position(self, checkpoint_id: int) -> bytes:
         # Not positioned yet: the restored offset, or 0, which the consumer resolves to the
         # earliest offset still in the log (auto_offset_reset="earliest"), like a fresh start.
@@ -481,6 +546,8 @@ class KafkaPartitionReader(SourceReader):
             del self._checkpoint_offsets[cid]
         if offset is None or self._closed:
             return
+        if self._isolation is not None:
+            self._isolation.prune(self.key_group, offset)
         asyncio.get_running_loop().create_task(self._commit(offset))
 
     async def _commit(self, offset: int) -> None:

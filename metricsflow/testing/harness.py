@@ -13,6 +13,7 @@ from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.checkpointing.recovery import CheckpointRecovery, RestorePlan
 from metricsflow.checkpointing.storage import FsCheckpointStorage
 from metricsflow.model.tiers import DEFAULT_TIERS, TierSpec
+from metricsflow.runtime.isolation import FailureIsolation
 from metricsflow.runtime.job import Job
 from metricsflow.runtime.records import RecordBatch, window_key
 from metricsflow.runtime.restart import FixedDelayRestartStrategy, run_with_restarts
@@ -92,6 +93,8 @@ class JobRunner:
         *,
         tiers: Sequence[TierSpec] = DEFAULT_TIERS,
         allowed_lateness_ns: int = 3 * MINUTE_NS,
+        fail_on_value: float | None = None,
+        isolation: FailureIsolation | None = None,
     ) -> Callable[[RestorePlan | None], Job]:
         def make(plan: RestorePlan | None) -> Job:
             if plan is not None:
@@ -102,6 +105,7 @@ class JobRunner:
                 tiers=tiers,
                 allowed_lateness_ns=allowed_lateness_ns,
                 max_out_of_orderness_ns=MINUTE_NS,
+                fail_on_value=fail_on_value,
             )
             return Job(
                 graph,
@@ -110,6 +114,7 @@ class JobRunner:
                 checkpoint_config=self.config,
                 restore=plan,
                 savepoint_root=str(self.root / "savepoints"),
+                isolation=isolation,
             )
 
         return make

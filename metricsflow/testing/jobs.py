@@ -14,6 +14,7 @@ from metricsflow.runtime.graph import JobGraph, StateBackendFactory
 from metricsflow.runtime.source import Source
 from metricsflow.state.base import KeyedStateBackend
 from metricsflow.state.config import StateBackendConfig
+from metricsflow.testing.faults import FailOnValue
 from metricsflow.testing.sinks import CollectedResults, CollectingSink
 from metricsflow.testing.sources import InMemorySource
 from metricsflow.time.base import Clock, ManualClock
@@ -21,6 +22,7 @@ from metricsflow.windows.operator import build_cascade
 from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 
 WATERMARK_UID = "watermarks"
+FAULT_UID = "fail-on-value"
 
 
 def tier_job_graph(
@@ -35,13 +37,18 @@ def tier_job_graph(
     name: str = "metrics",
     channel_capacity: int = 8,
     key_groups: Iterable[int] | None = None,
+    fail_on_value: float | None = None,
 ) -> JobGraph:
-    """The metrics pipeline for ``source``'s key groups; sink results go to ``results``."""
+    """The metrics pipeline for ``source``'s key groups; sink results go to ``results``.
+    ``fail_on_value``: a :class:`~metricsflow.testing.faults.FailOnValue` operator right after
+    the watermark assigner (not a sink tap) fails on every batch holding that value."""
     wm_clock: Clock = clock if clock is not None else ManualClock()
     strategy = WatermarkStrategy(max_out_of_orderness_ns)
 
     def chain(key_group: int) -> list[Operator]:
         ops: list[Operator] = [WatermarkAssigner(WATERMARK_UID, strategy, wm_clock)]
+        if fail_on_value is not None:
+            ops.append(FailOnValue(FAULT_UID, fail_on_value))
         ops.extend(build_cascade(tiers, allowed_lateness_ns))
         return ops
 
@@ -54,7 +61,7 @@ def tier_job_graph(
         chain_factory=chain,
         sink_factory=sink_factory or (lambda: CollectingSink(results=results)),
         key_groups=frozenset(key_groups),
-        sink_taps=frozenset(op.uid for op in probe),
+        sink_taps=frozenset(op.uid for op in probe if op.uid != FAULT_UID),
         channel_capacity=channel_capacity,
     )
 

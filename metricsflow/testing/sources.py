@@ -17,6 +17,13 @@ restored from checkpoint *n* resumes exactly after it. ``committed`` holds, per 
 position of the last checkpoint whose completion was notified (like Kafka offset commits).
 ``positions`` holds each reader's current position, and :meth:`InMemorySource.wait_for_position`
 lets a test wait until the job has read that far (an event, not a sleep).
+
+Failure isolation (``metricsflow.runtime.isolation``): with ``fetch_size`` > 1 a reader hands
+out up to that many consecutive ``RecordBatch`` elements (same keys) merged into one, like a
+Kafka fetch of several records (a marker or another kind of element ends a fetch); each
+element is one source position. Inside a suspect range it hands them out one by one, poison
+positions are skipped, and ``dead_letter`` appends ``(key_group, position, error)`` to
+``InMemorySource.dead_letters``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ import enum
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from metricsflow.errors import SerializationError
+from metricsflow.runtime.isolation import FailureIsolation, PositionRange
 from metricsflow.runtime.records import EndOfPartition, RawLinesBatch, RecordBatch
 from metricsflow.runtime.source import Source, SourceElement, SourceReader
 from metricsflow.runtime.task import FatalTaskError
@@ -74,8 +84,11 @@ class InMemorySource(Source):
         *,
         idle_sleep_s: float = 0.001,
         element_delay_s: float = 0.0,
+        fetch_size: int = 1,
     ) -> None:
         super().__init__(uid)
+        self.fetch_size = fetch_size
+        self.dead_letters: list[tuple[int, int, str]] = []
         self.partitions = {kg: list(elements) for kg, elements in partitions.items()}
         self.idle_sleep_s = idle_sleep_s
         self.element_delay_s = element_delay_s
@@ -128,6 +141,8 @@ class InMemoryReader(SourceReader):
         self._armed: tuple[int, int] | None = None
         self._crash_on_poll: tuple[int, int] | None = None
         self._ended = False
+        self._last_range: PositionRange | None = None
+        self._isolation: FailureIsolation | None = None
 
     def restore_position(self, position: bytes | None) -> None:
         self.index = 0 if position is None else decode_position(position)
@@ -157,8 +172,18 @@ class InMemoryReader(SourceReader):
                     self._armed = marker
                 self.index += 1
                 continue
+            if self._isolation is not None and self._isolation.is_poison(
+                self.key_group, self.index
+            ):
+                self._isolation.note_skipped()
+                self.index += 1
+                continue
             await asyncio.sleep(self.source.element_delay_s)
+            first = self.index
             self.index += 1
+            if isinstance(element, RecordBatch):
+                element = self._fetch_more(element)
+            self._last_range = PositionRange(first, self.index)
             self.source.record_position(self.key_group, self.index)
             if element is END:
                 self._ended = True
@@ -167,6 +192,50 @@ class InMemoryReader(SourceReader):
             return element
         await asyncio.sleep(self.source.idle_sleep_s)
         return None
+
+    def _fetch_more(self, batch: RecordBatch) -> RecordBatch:
+        """Up to ``fetch_size`` consecutive record batches (one per position) merged into one;
+        one only inside a suspect range."""
+        isolation = self._isolation
+        batches = [batch]
+        while len(batches) < self.source.fetch_size and self.index < len(self.elements):
+            nxt = self.elements[self.index]
+            if (
+                not isinstance(nxt, RecordBatch)
+                or nxt.keys != batch.keys
+                or (nxt.received_ns is None) != (batch.received_ns is None)
+                or (isolation is not None and isolation.is_poison(self.key_group, self.index))
+                or (
+                    isolation is not None
+                    and (
+                        isolation.is_suspect(self.key_group, self.index)
+                        or isolation.is_suspect(self.key_group, self.index - 1)
+                    )
+                )
+            ):
+                break
+            batches.append(nxt)
+            self.index += 1
+        if len(batches) == 1:
+            return batch
+        received = [b.received_ns for b in batches]
+        return RecordBatch(
+            batch.key_group,
+            batch.keys,
+            np.concatenate([b.key_idx for b in batches]),
+            np.concatenate([b.ts_ns for b in batches]),
+            np.concatenate([b.values for b in batches]),
+            None if batch.received_ns is None else np.concatenate(received),  # type: ignore[arg-type]
+        )
+
+    def last_range(self) -> PositionRange | None:
+        return self._last_range
+
+    def isolate(self, isolation: FailureIsolation) -> None:
+        self._isolation = isolation
+
+    async def dead_letter(self, position: int, error: str) -> None:
+        self.source.dead_letters.append((self.key_group, position, error))
 
     def snapshot_position(self, checkpoint_id: int) -> bytes:
         self._snapshots[checkpoint_id] = self.index
@@ -179,3 +248,5 @@ class InMemoryReader(SourceReader):
             position = self._snapshots.pop(cid)
             if cid == checkpoint_id:
                 self.source.committed[self.key_group] = position
+                if self._isolation is not None:
+                    self._isolation.prune(self.key_group, position)

@@ -163,6 +163,7 @@ def create_app(
                     "points_in": runner.source.stats.points_in,
                     "points_out": runner.sink.stats.points_written,
                     "restarts": runner.restarts,
+                    "isolation_restarts": runner.isolation_restarts,
                     "last_failure": runner.last_failure,
                     "latest_checkpoint": None if latest is None else _checkpoint_json(latest),
                 }

@@ -57,7 +57,8 @@ class WorkerCollector(Collector):
         dl = CounterMetricFamily(
             p + "dead_letters", "Points sent to a dead letter, by reason.", labels=["reason"]
         )
-        dl.add_metric(["undecodable_record"], src.dead_letters)
+        dl.add_metric(["undecodable_record"], src.dead_letters - src.poison_records)
+        dl.add_metric(["poison_record"], src.poison_records)
         for reason, count in sorted(sink.dead_letter_points.items()):
             dl.add_metric([reason], count)
         yield dl
@@ -78,6 +79,12 @@ class WorkerCollector(Collector):
             "influxdb_unconfirmed_writes",
             "Writes of revoked partitions whose outcome InfluxDB never confirmed.",
             sink.unconfirmed_writes,
+        )
+        yield counter(
+            "isolation_restarts",
+            "Job restarts to isolate a record an operator failed on (not the restart "
+            "strategy's; docs/security.md).",
+            r.isolation_restarts,
         )
         yield counter(
             "late_points",

@@ -63,6 +63,8 @@ async def test_records_no_operator_can_process_are_dead_lettered_and_the_job_goe
         (stack.db, "edge v=1 -9223372036000000000"),
         ("x" * 300, f"edge v=1 {now_s * 10**9}"),  # CREATE DATABASE: name too long
         ("a/b", f"edge v=1 {now_s * 10**9}"),  # CREATE DATABASE: invalid name
+        (stack.db, f"edge v\x00x=1 {now_s * 10**9}"),  # NUL: the window key's separator
+        (stack.db, f"edge,t=a\x00b v=1,v\x00x=2 {now_s * 10**9}"),  # (known key ids too)
     ]
     await produce_foreign(stack.kafka.bootstrap, stack.topic, poison)
     letters = await dead_letters(stack.kafka.bootstrap, stack.topic, len(poison))
@@ -71,6 +73,7 @@ async def test_records_no_operator_can_process_are_dead_lettered_and_the_job_goe
     assert sum("outside the range the pipeline stores" in e for e in errors) == 2, errors
     assert any("is 300 bytes long" in e for e in errors), errors
     assert any("contains '/'" in e for e in errors), errors
+    assert sum("contains NUL" in e for e in errors) == 2, errors
     assert {h["mf-dlq-partition"] for h in letters} == {b"0"}
     assert len({h["mf-dlq-offset"] for h in letters}) == len(poison)
 
