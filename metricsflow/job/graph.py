@@ -18,14 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from metricsflow.model.fieldkinds import FieldKinds
 from metricsflow.model.tiers import DEFAULT_TIERS, TierSpec, validate_tiers
 from metricsflow.runtime.base import Operator
 from metricsflow.runtime.graph import JobGraph
 from metricsflow.runtime.records import CorrectionRequest, RecordBatch
 from metricsflow.sinks.base import Sink, SinkOperator
 from metricsflow.sources.kafka import KafkaSource
+from metricsflow.windows.cascade import build_cascade
 from metricsflow.windows.corrections import CorrectionInbox
-from metricsflow.windows.operator import TierWindowMetrics, build_cascade
+from metricsflow.windows.metrics import TierWindowMetrics
 from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkMetrics, WatermarkStrategy
 
 SOURCE_UID = "kafka-source"
@@ -46,6 +48,8 @@ class DownsamplingJobConfig:
     allowed_lateness_ns: int = 60_000_000_000
     channel_capacity: int = 8
     sink_flush_timeout_s: float | None = None
+    field_kinds: FieldKinds | None = field(default_factory=FieldKinds)
+    """counters and sketched fields (docs/counters-and-percentiles.md); ``None``: none"""
 
     def __post_init__(self) -> None:
         validate_tiers(self.tiers)
@@ -91,6 +95,7 @@ def build_chain(
             uid_prefix=WINDOW_UID_PREFIX,
             corrections=corrections,
             metrics=None if metrics is None else metrics.tiers,
+            field_kinds=config.field_kinds,
         ),
     ]
 

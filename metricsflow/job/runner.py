@@ -179,7 +179,9 @@ class DownsamplingRunner:
         self.sink = InfluxDBSink(config.sink)
         self.metrics = JobMetrics.for_tiers(config.job.tiers)
         self.mailbox = CorrectionMailbox()
-        self.corrections = CorrectionService(config.sink, self.sink, self.mailbox)
+        self.corrections = CorrectionService(
+            config.sink, self.sink, self.mailbox, field_kinds=config.job.field_kinds
+        )
         self.job = self._build_job()
         self.started_ns = time.time_ns()
         self._state = JobStatus.CREATED
@@ -234,7 +236,9 @@ class DownsamplingRunner:
         # requests of the failed job are dropped: the restored operators ask again
         old_correction_stats = self.corrections.stats
         self.mailbox = CorrectionMailbox()
-        self.corrections = CorrectionService(self.config.sink, self.sink, self.mailbox)
+        self.corrections = CorrectionService(
+            self.config.sink, self.sink, self.mailbox, field_kinds=self.config.job.field_kinds
+        )
         self.corrections.stats = old_correction_stats
         self.job = self._build_job()
 

@@ -18,6 +18,29 @@ from metricsflow.checkpointing.protocol import CheckpointBarrier
 Int64Array = npt.NDArray[np.int64]
 Float64Array = npt.NDArray[np.float64]
 Int32Array = npt.NDArray[np.int32]
+Int8Array = npt.NDArray[np.int8]
+
+
+@dataclass(frozen=True)
+class SketchBins:
+    """Bins of many DDSketches (``metricsflow.windows.sketches``): one row per non-empty
+    (group, store, bucket index), sorted by (group, value order). ``group`` names the sketch
+    (e.g. a row of an :class:`AggregateBatch`), ``store`` is 0 negative, 1 zero, 2 positive."""
+
+    group: Int64Array
+    store: Int8Array
+    index: Int32Array
+    count: Float64Array
+
+    @property
+    def size(self) -> int:
+        return int(self.group.shape[0])
+
+    @staticmethod
+    def empty() -> SketchBins:
+        return SketchBins(
+            np.empty(0, np.int64), np.empty(0, np.int8), np.empty(0, np.int32), np.empty(0)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +113,13 @@ class AggregateBatch:
     first: Float64Array
     last_ts_ns: Int64Array
     last: Float64Array
+    increase: Float64Array | None = None
+    """Counter fields (docs/counters-and-percentiles.md): the increase within the window, NaN
+    for a row whose field is not a counter; ``None``: no counter row in the batch."""
+    resets: Int64Array | None = None
+    """Counter resets within the window (0 for a row that is not a counter)."""
+    sketches: SketchBins | None = None
+    """DDSketches of the sketched rows, ``group`` = row index; ``None``: none in the batch."""
 
     def __len__(self) -> int:
         return int(self.window_start_ns.shape[0])

@@ -16,7 +16,8 @@ One thread executes the requests, oldest first, in batches:
    (``count/sum/min/max/first/last(f) ... GROUP BY time(<tier>), *``), a coarser tier from the
    next finer tier's stored rows (``sum(count_f), sum(sum_f), min(min_f), max(max_f),
    first(first_f), last(last_f)``), so a coarse window never depends on raw data older than
-   the raw tier's retention;
+   the raw tier's retention; counter and sketched fields read samples and sketch strings
+   instead (correction_rows.py);
 4. post the rows, per key group and tier, to the :class:`CorrectionMailbox`; the operator of
    that key group emits them (to the sink, *after* everything it emitted before, so a
    correction is never overwritten by the stale version it replaces) and hands them to the
@@ -38,18 +39,17 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from metricsflow.errors import MetricsflowError
+from metricsflow.model.fieldkinds import FieldKinds
 from metricsflow.model.lineprotocol import parse_line, series_key
 from metricsflow.model.tiers import RAW_TIER
 from metricsflow.runtime.records import (
-    AggregateBatch,
     CorrectionRequest,
     CorrectionResult,
     split_window_key,
     window_key,
 )
+from metricsflow.sinks.correction_rows import CorrectedRow, build_batch, rows_from_samples
 from metricsflow.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from metricsflow.sinks.influxdb_client import InfluxDBClient, quote_ident
 from metricsflow.windows.corrections import CorrectionMailbox
@@ -80,6 +80,8 @@ class _Group:
     starts: set[int] = field(default_factory=set)
     wanted: dict[tuple[str, int], list[tuple[int, int, int]]] = field(default_factory=dict)
     """(window key, window start) -> [(key group, seq, created_ns)]"""
+    by_key: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    """window key -> owners (a counter's next window goes to the owners of the key)"""
 
 
 class CorrectionService:
@@ -95,6 +97,7 @@ class CorrectionService:
         max_batch_requests: int = 512,
         range_gap_windows: int = 8,
         max_range_windows: int = 1440,
+        field_kinds: FieldKinds | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -103,6 +106,7 @@ class CorrectionService:
         self.max_batch_requests = max_batch_requests
         self.range_gap_windows = range_gap_windows
         self.max_range_windows = max_range_windows
+        self.field_kinds = field_kinds
         self.stats = CorrectionStats()
         self._client = InfluxDBClient(config)
         self._cond = threading.Condition()
@@ -183,17 +187,18 @@ class CorrectionService:
                 if self._closing:
                     raise _ClosingError() from None
         groups = self._group(batch)
-        results: dict[tuple[int, str], dict[tuple[str, int], tuple[float, ...]]] = {}
+        results: dict[tuple[int, str], dict[tuple[str, int], CorrectedRow | None]] = {}
         meta: dict[tuple[int, str], tuple[int, int, int]] = {}
         for (db, measurement, source, tier, window_ns), group in groups.items():
             found = self._query_group(db, measurement, source, tier, window_ns, group)
-            for (key, start), owners in group.wanted.items():
+            extra = [(ks, group.by_key[ks[0]]) for ks in found if ks not in group.wanted]
+            for (key, start), owners in [*group.wanted.items(), *extra]:
                 row = found.get((key, start))
                 for kg, seq, created in owners:
                     slot = results.setdefault((kg, tier), {})
                     old = meta.get((kg, tier), (window_ns, 0, created))
                     meta[(kg, tier)] = (window_ns, max(old[1], seq), min(old[2], created))
-                    slot[(key, start)] = row if row is not None else ()
+                    slot[(key, start)] = row
         for (kg, tier), rows in sorted(results.items()):
             window_ns, seq, created = meta[(kg, tier)]
             self.mailbox.put(_result(kg, tier, window_ns, seq, created, rows))
@@ -213,9 +218,9 @@ class CorrectionService:
                 group = groups.setdefault(gkey, _Group())
                 group.fields.add(field_key)
                 group.starts.add(start)
-                group.wanted.setdefault((key, start), []).append(
-                    (request.key_group, request.seq, request.created_ns)
-                )
+                owner = (request.key_group, request.seq, request.created_ns)
+                group.wanted.setdefault((key, start), []).append(owner)
+                group.by_key.setdefault(key, []).append(owner)
         return groups
 
     def _measurement(self, series: str) -> str:
@@ -241,10 +246,22 @@ class CorrectionService:
             hi = start
         yield lo, hi + window_ns
 
+    def _kind(self, measurement: str, field_key: str) -> tuple[bool, bool]:
+        kinds = self.field_kinds
+        if kinds is None:
+            return False, False
+        return kinds.is_counter(measurement, field_key), kinds.has_sketch(measurement, field_key)
+
     def _query_group(
         self, db: str, measurement: str, source: str, tier: str, window_ns: int, group: _Group
-    ) -> dict[tuple[str, int], tuple[float, ...]]:
+    ) -> dict[tuple[str, int], CorrectedRow]:
         fields = sorted(group.fields)
+        kinds = {f: self._kind(measurement, f) for f in fields}
+        if source == RAW_TIER:
+            special = [f for f in fields if any(kinds[f])]
+            fields = [f for f in fields if not any(kinds[f])]
+        else:
+            special = []
         selects: list[str] = []
         for i, f in enumerate(fields):
             if source == RAW_TIER:
@@ -256,12 +273,16 @@ class CorrectionService:
                 parts += [f"min({quote_ident('min_' + f)})", f"max({quote_ident('max_' + f)})"]
                 parts += [f"first({quote_ident('first_' + f)})"]
                 parts += [f"last({quote_ident('last_' + f)})"]
+                if kinds[f][0]:
+                    parts += [f"sum({quote_ident('increase_' + f)})"]
+                    parts += [f"sum({quote_ident('resets_' + f)})"]
             selects += [f'{p} AS "a{i}_{j}"' for j, p in enumerate(parts)]
         interval = f"{window_ns // _NS_PER_S}s" if window_ns % _NS_PER_S == 0 else f"{window_ns}ns"
-        found: dict[tuple[str, int], tuple[float, ...]] = {}
-        for lo, hi in self.ranges(group.starts, window_ns):
+        found: dict[tuple[str, int], CorrectedRow] = {}
+        src = f"{quote_ident(source)}.{quote_ident(measurement)}"
+        for lo, hi in self.ranges(group.starts, window_ns) if fields else ():
             q = (
-                f"SELECT {', '.join(selects)} FROM {quote_ident(source)}.{quote_ident(measurement)}"
+                f"SELECT {', '.join(selects)} FROM {src}"
                 f" WHERE time >= {lo} AND time < {hi} GROUP BY time({interval}), * fill(none)"
             )
             for tags, columns, values in self._query(db, q):
@@ -276,8 +297,108 @@ class CorrectionService:
                         agg = [row[index[f"a{i}_{j}"]] for j in range(6)]
                         if not agg[0] or any(a is None for a in agg):
                             continue
-                        found[(key, start)] = tuple(float(a) for a in agg)  # type: ignore[arg-type]
+                        corrected = CorrectedRow(tuple(float(a) for a in agg))  # type: ignore[arg-type]
+                        if kinds[f][0]:
+                            inc, resets = row[index[f"a{i}_6"]], row[index[f"a{i}_7"]]
+                            corrected.increase = float(inc) if inc is not None else 0.0  # type: ignore[arg-type]
+                            corrected.resets = int(resets) if resets is not None else 0  # type: ignore[call-overload]
+                        found[(key, start)] = corrected
+        if source != RAW_TIER:
+            sketched = [f for f in fields if kinds[f][1]]
+            if sketched:
+                self._query_sketches(db, measurement, source, window_ns, group, sketched, found)
+        for f in special:
+            self._query_samples(db, measurement, window_ns, group, f, kinds[f], found)
         return found
+
+    def _series_rows(
+        self, db: str, measurement: str, q: str
+    ) -> Iterator[tuple[str, list[str], list[list[object]]]]:
+        for tags, columns, values in self._query(db, q):
+            skey = series_key(measurement, tuple(sorted((k, v) for k, v in tags if v)))
+            yield skey, columns, values
+
+    def _query_sketches(
+        self,
+        db: str,
+        measurement: str,
+        source: str,
+        window_ns: int,
+        group: _Group,
+        fields: list[str],
+        found: dict[tuple[str, int], CorrectedRow],
+    ) -> None:
+        """Coarser tier: the finer rows' ``sketch_f`` strings, merged per coarse window."""
+        cols = ", ".join(quote_ident("sketch_" + f) for f in fields)
+        src = f"{quote_ident(source)}.{quote_ident(measurement)}"
+        for lo, hi in self.ranges(group.starts, window_ns):
+            q = f"SELECT {cols} FROM {src} WHERE time >= {lo} AND time < {hi} GROUP BY *"
+            for skey, columns, values in self._series_rows(db, measurement, q):
+                index = {c: n for n, c in enumerate(columns)}
+                for row in values:
+                    t = int(row[index["time"]])  # type: ignore[call-overload]
+                    start = t - t % window_ns
+                    for f in fields:
+                        text = row[index["sketch_" + f]]
+                        found_row = found.get((window_key(db, skey, f), start))
+                        if isinstance(text, str) and found_row is not None:
+                            found_row.encoded.append(text)
+
+    def _query_samples(
+        self,
+        db: str,
+        measurement: str,
+        window_ns: int,
+        group: _Group,
+        f: str,
+        kind: tuple[bool, bool],
+        found: dict[tuple[str, int], CorrectedRow],
+    ) -> None:
+        """Finest tier of a counter or sketched field: every row from the raw samples."""
+        counter, sketched = kind
+        q_f = quote_ident(f)
+        src = f"{quote_ident(RAW_TIER)}.{quote_ident(measurement)}"
+        wanted: dict[str, set[int]] = {}
+        for key, start in group.wanted:
+            if split_window_key(key)[2] == f:
+                wanted.setdefault(key, set()).add(start)
+        for lo, hi in self.ranges(group.starts, window_ns):
+            previous: dict[str, float] = {}
+            end = hi
+            if counter:
+                q = f"SELECT last({q_f}) FROM {src} WHERE time < {lo} GROUP BY *"
+                for skey, _, values in self._series_rows(db, measurement, q):
+                    if values and values[0][1] is not None:
+                        previous[window_key(db, skey, f)] = float(values[0][1])  # type: ignore[arg-type]
+                q = f"SELECT first({q_f}) FROM {src} WHERE time >= {hi} GROUP BY *"
+                for skey, _, values in self._series_rows(db, measurement, q):
+                    if window_key(db, skey, f) in wanted and values:
+                        t = int(values[0][0])  # type: ignore[call-overload]
+                        end = max(end, t - t % window_ns + window_ns)
+            samples: dict[str, list[tuple[int, float]]] = {}
+            q = f"SELECT {q_f} FROM {src} WHERE time >= {lo} AND time < {end} GROUP BY *"
+            for skey, _, values in self._series_rows(db, measurement, q):
+                key = window_key(db, skey, f)
+                if key in wanted:
+                    samples[key] = [
+                        (int(t), float(v))  # type: ignore[call-overload, arg-type]
+                        for t, v in values
+                        if v is not None
+                    ]
+            for key, starts in wanted.items():
+                in_range = {s for s in starts if lo <= s < hi}
+                if not in_range:
+                    continue
+                rows = rows_from_samples(
+                    samples.get(key, []),
+                    previous.get(key),
+                    in_range,
+                    window_ns,
+                    counter=counter,
+                    sketched=sketched,
+                )
+                for start, row in rows.items():
+                    found[(key, start)] = row
 
     def _query(
         self, db: str, q: str
@@ -312,35 +433,16 @@ def _result(
     window_ns: int,
     seq: int,
     created_ns: int,
-    rows: dict[tuple[str, int], tuple[float, ...]],
+    rows: dict[tuple[str, int], CorrectedRow | None],
 ) -> CorrectionResult:
-    found = [(k, s, r) for (k, s), r in rows.items() if r]
-    empty = [(k, s) for (k, s), r in rows.items() if not r]
-    keys = tuple(k for k, _, _ in found)
-    starts = np.array([s for _, s, _ in found], dtype=np.int64)
-    agg = np.array([r for _, _, r in found], dtype=np.float64).reshape(len(found), 6)
-    batch = AggregateBatch(
-        key_group=kg,
-        tier=tier,
-        window_ns=window_ns,
-        keys=keys,
-        key_idx=np.arange(len(found), dtype=np.int32),
-        window_start_ns=starts,
-        count=agg[:, 0].astype(np.int64),
-        sum=agg[:, 1].copy(),
-        min=agg[:, 2].copy(),
-        max=agg[:, 3].copy(),
-        first_ts_ns=starts.copy(),  # not stored by InfluxDB's tiers: the window start
-        first=agg[:, 4].copy(),
-        last_ts_ns=starts + (window_ns - 1),
-        last=agg[:, 5].copy(),
-    )
+    found = [(k, s, r) for (k, s), r in rows.items() if r is not None]
+    empty = [(k, s) for (k, s), r in rows.items() if r is None]
     return CorrectionResult(
         key_group=kg,
         tier=tier,
         seq=seq,
         created_ns=created_ns,
-        batch=batch,
+        batch=build_batch(kg, tier, window_ns, found),
         empty_keys=tuple(k for k, _ in empty),
         empty_window_start_ns=tuple(s for _, s in empty),
     )

@@ -9,6 +9,9 @@ Measurement and tags are the series key's (kept as they came); ``count_`` is an 
 other aggregate a float (``repr`` of a float64 round-trips exactly); the timestamp is the
 window start in nanoseconds, as in ``GROUP BY time()``. A non-finite aggregate (a float sum
 that overflowed) is left out of its line rather than failing the whole write.
+
+Counter rows add ``increase_f=<x>,resets_f=<n>i``; sketched rows add ``sketch_f="<base64
+DDSketch>"`` and ``p50_f``, ``p90_f``, ``p95_f``, ``p99_f`` (docs/counters-and-percentiles.md).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import math
 
 from metricsflow.model.escaping import escape_field_key as escape_key
 from metricsflow.runtime.records import AggregateBatch, split_window_key
+from metricsflow.windows import sketches
+
+_PERCENT_NAMES = tuple(f"p{p}" for p in sketches.PERCENTILES)
 
 
 def aggregate_lines(batch: AggregateBatch) -> dict[str, list[bytes]]:
@@ -36,6 +42,7 @@ def aggregate_lines(batch: AggregateBatch) -> dict[str, list[bytes]]:
     maxs = batch.max.tolist()
     firsts = batch.first.tolist()
     lasts = batch.last.tolist()
+    extra = _extra_fields(batch)
     for i, k in enumerate(idx):
         db, series, f = prefixes[k]
         n = counts[i]
@@ -52,6 +59,29 @@ def aggregate_lines(batch: AggregateBatch) -> dict[str, list[bytes]]:
         ):
             if math.isfinite(value):
                 parts.append(f"{name}_{f}={value!r}")
+        if extra is not None:
+            parts += [f"{name}_{f}={value}" for name, value in extra[i]]
         line = f"{series} {','.join(parts)} {starts[i]}".encode()
         by_db.setdefault(db, []).append(line)
     return by_db
+
+
+def _extra_fields(batch: AggregateBatch) -> list[list[tuple[str, str]]] | None:
+    """Per row, the counter and sketch fields: (name prefix, encoded value)."""
+    if batch.increase is None and (batch.sketches is None or batch.sketches.size == 0):
+        return None
+    out: list[list[tuple[str, str]]] = [[] for _ in range(len(batch))]
+    if batch.increase is not None:
+        resets = batch.resets.tolist() if batch.resets is not None else [0] * len(batch)
+        for i, inc in enumerate(batch.increase.tolist()):
+            if math.isfinite(inc):
+                out[i] += [("increase", repr(inc)), ("resets", f"{resets[i]}i")]
+    bins = batch.sketches
+    if bins is not None and bins.size:
+        gid, encoded = sketches.encode(bins)
+        _, values = sketches.percentiles(bins)
+        for row, text, pct in zip(gid.tolist(), encoded, values.tolist(), strict=True):
+            fields = out[row]
+            fields.append(("sketch", f'"{text}"'))
+            fields += [(n, repr(v)) for n, v in zip(_PERCENT_NAMES, pct, strict=True)]
+    return out

@@ -18,7 +18,7 @@ from metricsflow.testing.faults import FailOnValue
 from metricsflow.testing.sinks import CollectedResults, CollectingSink
 from metricsflow.testing.sources import InMemorySource
 from metricsflow.time.base import Clock, ManualClock
-from metricsflow.windows.operator import build_cascade
+from metricsflow.windows.cascade import build_cascade
 from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 
 WATERMARK_UID = "watermarks"

@@ -9,7 +9,9 @@ from metricsflow.model.tiers import (
     tier_field_name,
     validate_tiers,
 )
-from metricsflow.windows.operator import TierWindowMetrics, TierWindowOperator, build_cascade
+from metricsflow.windows.cascade import build_cascade
+from metricsflow.windows.metrics import TierWindowMetrics
+from metricsflow.windows.operator import TierWindowOperator
 
 __all__ = [
     "AGGREGATES",

@@ -14,6 +14,7 @@ reduces each key's rows with ``ufunc.reduceat``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -147,3 +148,32 @@ def fire(chunks: list[Chunk], raw: bool, unit_ns: int) -> Chunk:
     """Deduplicate and reduce the chunks of one window (given in arrival order)."""
     rows = chunks[0] if len(chunks) == 1 else dedupe(concat(chunks), unit_ns)
     return reduce_window(rows, raw)
+
+
+def split_by_window(wend: Int64Array) -> Iterator[tuple[int, IntpArray | None]]:
+    """(window end, row indices or None for all rows) per distinct window, ascending."""
+    lo, hi = int(wend.min()), int(wend.max())
+    if lo == hi:
+        yield lo, None
+        return
+    order = np.argsort(wend, kind="stable")
+    sorted_ends = wend[order]
+    cuts = np.flatnonzero(sorted_ends[1:] != sorted_ends[:-1]) + 1
+    for index in np.split(order, cuts):
+        yield int(wend[index[0]]), index
+
+
+def by_window(entries: Iterable[tuple[bytes, Any]]) -> Iterator[tuple[int, list[Chunk]]]:
+    """Group scanned ``window-chunks`` entries (keys ``be(window end) + ...``, ascending) by
+    window end."""
+    current: int | None = None
+    chunks: list[Chunk] = []
+    for key, entry in entries:
+        end = int.from_bytes(key[:8], "big") - 2**63
+        if end != current:
+            if current is not None:
+                yield current, chunks
+            current, chunks = end, []
+        chunks.append(dict(entry.columns))
+    if current is not None:
+        yield current, chunks

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,7 +35,8 @@ import numpy as np
 
 from metricsflow.checkpointing.protocol import CheckpointBarrier, CheckpointType
 from metricsflow.errors import ConfigurationError, StateError
-from metricsflow.model.tiers import RAW_TIER, TierSpec, validate_tiers
+from metricsflow.model.fieldkinds import FieldKinds
+from metricsflow.model.tiers import RAW_TIER, TierSpec
 from metricsflow.runtime.base import (
     Operator,
     OperatorContext,
@@ -50,12 +50,14 @@ from metricsflow.runtime.records import (
     CorrectionResult,
     RawLinesBatch,
     RecordBatch,
+    SketchBins,
     Watermark,
 )
 from metricsflow.state.base import KeyedStateBackend, StateDescriptor
 from metricsflow.state.handles import CheckpointStorage
 from metricsflow.state.serializers import INT64, NUMPY_COLUMNS, ColumnarChunk
-from metricsflow.windows import kernels
+from metricsflow.windows import aggregates, kernels
+from metricsflow.windows.aggregates import FieldKindIndex
 from metricsflow.windows.corrections import (
     STATE_PENDING,
     CorrectionInbox,
@@ -65,14 +67,18 @@ from metricsflow.windows.corrections import (
     record_pending,
     settle_pending,
 )
+from metricsflow.windows.counters import LastSamples
 from metricsflow.windows.kernels import Chunk, Int32Array, Int64Array
 from metricsflow.windows.keys import KeyDictionary, KeyMapping
+from metricsflow.windows.metrics import TierWindowMetrics
 
 logger = logging.getLogger(__name__)
 
 STATE_CHUNKS = "window-chunks"
 STATE_KEYS = "window-keys"
 STATE_META = "window-meta"
+STATE_COUNTERS = "window-counters"
+_COUNTERS_LAST = b"last"
 _META_WATERMARK = b"watermark"
 _META_SEQ = b"next-seq"
 _META_CORRECTION_SEQ = b"next-correction-seq"
@@ -83,29 +89,6 @@ _INT64_MAX = 2**63 - 1
 
 def chunk_key(window_end_ns: int, seq: int) -> bytes:
     return encode_time(window_end_ns) + seq.to_bytes(8, "big")
-
-
-@dataclass(slots=True)
-class TierWindowMetrics:
-    """Counters of one operator instance (all its key groups); metrics, not state."""
-
-    late_points: int = 0
-    """raw points beyond the allowed lateness, sent to side output ``"late"``"""
-    late_partials: int = 0
-    """partial rows beyond the allowed lateness (impossible with a valid cascade; logged)"""
-    fired_windows: int = 0
-    """(key, window) aggregates emitted because the watermark passed the window's end"""
-    reemitted_windows: int = 0
-    """(key, window) aggregates emitted again because late rows updated a fired window"""
-    input_rows: int = 0
-    correction_requests: int = 0
-    """(key, window) pairs sent to be re-derived because their state was gone"""
-    corrected_rows: int = 0
-    """re-derived (key, window) rows emitted (``tier_corrections_total``)"""
-    correction_lag_ns_sum: int = 0
-    """sum over corrections of (emitted - requested) wall time; with ``corrections``"""
-    corrections: int = 0
-    correction_lag_ns_max: int = 0
 
 
 @dataclass(slots=True)
@@ -120,6 +103,10 @@ class _KeyGroup:
     correction_seq: int = 0
     resubmit: bool = False
     """pending corrections restored from a checkpoint, to request again at the next tick"""
+    kinds: FieldKindIndex = field(default_factory=lambda: FieldKindIndex(None))
+    """gauge / counter / sketched per key id (aggregates.py)"""
+    frontier: LastSamples | None = None
+    """raw tier: the last sample of each counter key in the purged windows (``window-counters``)"""
 
 
 class TierWindowOperator(Operator):
@@ -146,6 +133,7 @@ class TierWindowOperator(Operator):
         input_tier: str = RAW_TIER,
         corrections: CorrectionInbox | None = None,
         metrics: TierWindowMetrics | None = None,
+        field_kinds: FieldKinds | None = None,
     ) -> None:
         super().__init__(uid)
         if tier.name == RAW_TIER or tier.window_ns <= 0:
@@ -167,6 +155,7 @@ class TierWindowOperator(Operator):
         self.input_tier = input_tier
         self.corrections = corrections
         self.metrics = metrics if metrics is not None else TierWindowMetrics()
+        self.field_kinds = field_kinds
         self._raw = input_window_ns == 0
         self._unit_ns = input_window_ns or 1
         self._groups: dict[int, _KeyGroup] = {}
@@ -187,6 +176,7 @@ class TierWindowOperator(Operator):
         self._backend.register(StateDescriptor(STATE_KEYS, NUMPY_COLUMNS))
         self._backend.register(StateDescriptor(STATE_META, INT64))
         self._backend.register(StateDescriptor(STATE_PENDING, INT64))
+        self._backend.register(StateDescriptor(STATE_COUNTERS, NUMPY_COLUMNS))
 
     def initialize_state(self, ctx: StateInitializationContext) -> None:
         """Everything lives in the backend (restored by the runtime before this call)."""
@@ -228,7 +218,9 @@ class TierWindowOperator(Operator):
 
     def _load(self, kg: int) -> _KeyGroup:
         backend, _ = self._state()
-        group = _KeyGroup()
+        group = _KeyGroup(kinds=FieldKindIndex(self.field_kinds))
+        stored = backend.get(kg, STATE_COUNTERS, _COUNTERS_LAST)
+        group.frontier = None if stored is None else aggregates.last_from_chunk(stored.columns)
         group.watermark_ns = backend.get(kg, STATE_META, _META_WATERMARK)
         group.next_seq = backend.get(kg, STATE_META, _META_SEQ) or 0
         group.correction_seq = backend.get(kg, STATE_META, _META_CORRECTION_SEQ) or 0
@@ -276,6 +268,7 @@ class TierWindowOperator(Operator):
         group = self._group(kg)
         ids = self._map_keys(kg, group, batch.keys)[batch.key_idx]
         cols: Chunk
+        bins = None
         if isinstance(batch, RecordBatch):
             if not self._raw:
                 raise StateError(f"operator {self.uid!r} takes AggregateBatch, got RecordBatch")
@@ -297,15 +290,18 @@ class TierWindowOperator(Operator):
                 "f": batch.first,
                 "lt": batch.last_ts_ns,
                 "l": batch.last,
+                **aggregates.partial_columns(batch.increase, batch.resets, batch.key_idx),
             }
+            bins = batch.sketches
         self.metrics.input_rows += len(batch)
-        self._ingest(kg, group, cols, batch, output)
+        self._ingest(kg, group, cols, bins, batch, output)
 
     def _ingest(
         self,
         kg: int,
         group: _KeyGroup,
         cols: Chunk,
+        bins: SketchBins | None,
         batch: RecordBatch | AggregateBatch,
         output: Output,
     ) -> None:
@@ -321,31 +317,53 @@ class TierWindowOperator(Operator):
             else:  # judged at each row's own position in the log (docs/windows.md)
                 late = (rows_wm > _INT64_MIN) & (wend <= rows_wm - self.allowed_lateness_ns)
             if bool(late.any()):
-                self._on_late(kg, group, batch, late, cols["k"][late], wend[late], output)
+                moved = self._on_late(kg, group, batch, late, cols, wend, output)
+                if moved and wm is not None:  # a counter's last purged sample changed
+                    refire = self._fired_ends(kg, None, wm)
                 keep = np.flatnonzero(~late)
                 if keep.shape[0] == 0:
+                    if refire:
+                        self._refire(kg, group, refire, output)
                     return
+                n_rows = cols["k"].shape[0]
                 cols = kernels.take(cols, keep)
+                bins = aggregates.select_bins(bins, keep, n_rows)
                 wend = wend[keep]
             if wm is not None:
                 updated = wend[wend <= wm]
                 if updated.shape[0]:
-                    refire = np.unique(updated).tolist()
+                    refire = sorted(set(refire) | set(np.unique(updated).tolist()))
         seq = group.next_seq
-        for window_end, index in _split_by_window(wend):
+        n_rows = cols["k"].shape[0]
+        for window_end, index in kernels.split_by_window(wend):
             k = cols["k"] if index is None else cols["k"][index]
             t = cols["t"] if index is None else cols["t"][index]
             order = kernels.identity_order(k, t, self._unit_ns)
-            rows = kernels.take(cols, order if index is None else index[order])
+            rows_index = order if index is None else index[order]
+            rows = kernels.take(cols, rows_index)
+            rows = aggregates.with_bins(rows, aggregates.select_bins(bins, rows_index, n_rows))
             backend.put(kg, STATE_CHUNKS, chunk_key(window_end, seq), ColumnarChunk(rows))
             seq += 1
         group.next_seq = seq
         backend.put(kg, STATE_META, _META_SEQ, seq)
         if refire:
-            windows = [
-                (end, self._chunks(kg, encode_time(end), encode_time(end + 1))) for end in refire
-            ]
-            self._emit(kg, group, windows, output, reemission=True)
+            self._refire(kg, group, refire, output)
+
+    def _refire(self, kg: int, group: _KeyGroup, refire: list[int], output: Output) -> None:
+        """Emit fired windows again. A counter's change at ``t`` also changes the window of
+        its next sample: on the raw tier every later fired window goes out again too."""
+        kind = group.kinds.of(group.dictionary.keys)
+        wm = group.watermark_ns
+        if self._raw and kind is not None and group.kinds.any_counter and wm is not None:
+            refire = sorted(set(refire) | set(self._fired_ends(kg, refire[0], wm)))
+        windows = [
+            (end, self._chunks(kg, encode_time(end), encode_time(end + 1))) for end in refire
+        ]
+        self._emit(kg, group, windows, output, reemission=True)
+
+    def _fired_ends(self, kg: int, first_end: int | None, wm: int) -> list[int]:
+        start = None if first_end is None else encode_time(first_end)
+        return sorted({decode_time(key) for key, _ in self._scan(kg, start, encode_time(wm + 1))})
 
     def _on_late(
         self,
@@ -353,10 +371,13 @@ class TierWindowOperator(Operator):
         group: _KeyGroup,
         batch: RecordBatch | AggregateBatch,
         late: Any,
-        ids: Int32Array,
-        ends: Int64Array,
+        cols: Chunk,
+        wend: Int64Array,
         output: Output,
-    ) -> None:
+    ) -> bool:
+        """Side output and corrections for rows beyond the lateness; ``True`` when a late raw
+        point became the last purged sample of a counter (fired windows must go out again)."""
+        ids, ends = cols["k"][late], wend[late]
         n = int(np.count_nonzero(late))
         if isinstance(batch, RecordBatch):
             self.metrics.late_points += n
@@ -381,6 +402,25 @@ class TierWindowOperator(Operator):
             )
         if self.corrections is not None:
             self._request_correction(kg, group, ids, ends, output)
+        kind = group.kinds.of(group.dictionary.keys)
+        if not (self._raw and kind is not None and group.watermark_ns is not None):
+            return False
+        purged = ends <= group.watermark_ns - self.allowed_lateness_ns
+        moved = aggregates.late_frontier(
+            group.frontier, kind, ids[purged], cols["t"][late][purged], cols["v"][late][purged]
+        )
+        if moved is None:
+            return False
+        self._set_frontier(kg, group, moved)
+        return True
+
+    def _set_frontier(self, kg: int, group: _KeyGroup, frontier: LastSamples | None) -> None:
+        if frontier is None or frontier is group.frontier:
+            return
+        group.frontier = frontier
+        backend, _ = self._state()
+        chunk = ColumnarChunk(aggregates.last_to_chunk(frontier))
+        backend.put(kg, STATE_COUNTERS, _COUNTERS_LAST, chunk)
 
     # -- corrections (docs/windows.md, "Corrections") -------------------------------------
     def _request_correction(
@@ -483,12 +523,19 @@ class TierWindowOperator(Operator):
             return
         backend, _ = self._state()
         start = None if prev is None else encode_time(prev + 1)
-        windows = list(_by_window(self._scan(kg, start, encode_time(wm + 1))))
+        windows = list(kernels.by_window(self._scan(kg, start, encode_time(wm + 1))))
         group.watermark_ns = wm
         backend.put(kg, STATE_META, _META_WATERMARK, wm)
         if windows:
             self._emit(kg, group, windows, output, reemission=False)
-        backend.delete_range(kg, STATE_CHUNKS, None, encode_time(wm - self.allowed_lateness_ns + 1))
+        purge_to = encode_time(wm - self.allowed_lateness_ns + 1)
+        kind = group.kinds.of(group.dictionary.keys)
+        if self._raw and kind is not None and group.kinds.any_counter:
+            purged = self._chunks(kg, None, purge_to)
+            if purged:  # their counters' last samples pair with the next windows' first
+                last = aggregates.window_last(purged, kind, self._unit_ns)
+                self._set_frontier(kg, group, aggregates.merge_last(group.frontier, last))
+        backend.delete_range(kg, STATE_CHUNKS, None, purge_to)
         output.emit_watermark(watermark)
 
     def _scan(self, kg: int, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, Any]]:
@@ -519,24 +566,26 @@ class TierWindowOperator(Operator):
     def _aggregate(
         self, kg: int, group: _KeyGroup, windows: list[tuple[int, list[Chunk]]]
     ) -> AggregateBatch | None:
-        results: list[Chunk] = []
-        starts: list[Int64Array] = []
-        for window_end, chunks in windows:
-            if not chunks:
-                continue
-            result = kernels.fire(chunks, self._raw, self._unit_ns)
-            results.append(result)
-            starts.append(np.full(result["k"].shape[0], window_end - self.window_ns, np.int64))
-        if not results:
+        kind = group.kinds.of(group.dictionary.keys)
+        previous = None
+        if self._raw and kind is not None and group.kinds.any_counter and windows:
+            earlier = self._chunks(kg, None, encode_time(windows[0][0]))
+            previous = aggregates.merge_last(
+                group.frontier, aggregates.window_last(earlier, kind, self._unit_ns)
+            )
+        fired = aggregates.fire_windows(
+            windows, self._raw, self._unit_ns, self.window_ns, kind, previous
+        )
+        if fired is None:
             return None
-        r = kernels.concat(results)
+        r, all_bins = fired
         return AggregateBatch(
             key_group=kg,
             tier=self.tier.name,
             window_ns=self.window_ns,
             keys=group.dictionary.keys,
             key_idx=r["k"],
-            window_start_ns=starts[0] if len(starts) == 1 else np.concatenate(starts),
+            window_start_ns=r["start"],
             count=r["c"],
             sum=r["s"],
             min=r["mn"],
@@ -545,6 +594,9 @@ class TierWindowOperator(Operator):
             first=r["f"],
             last_ts_ns=r["lt"],
             last=r["l"],
+            increase=r.get("inc"),
+            resets=r.get("rs"),
+            sketches=all_bins,
         )
 
     # -- queryable state ------------------------------------------------------------------
@@ -552,71 +604,5 @@ class TierWindowOperator(Operator):
         """The aggregates of every window still held in state (open, or fired but within the
         allowed lateness), computed now: queryable state for the REST API."""
         group = self._group(key_group)
-        windows = list(_by_window(self._scan(key_group, None, None)))
+        windows = list(kernels.by_window(self._scan(key_group, None, None)))
         return self._aggregate(key_group, group, windows)
-
-
-def _split_by_window(wend: Int64Array) -> Iterator[tuple[int, Any]]:
-    """(window end, row indices or None for all rows) per distinct window, ascending."""
-    lo, hi = int(wend.min()), int(wend.max())
-    if lo == hi:
-        yield lo, None
-        return
-    order = np.argsort(wend, kind="stable")
-    sorted_ends = wend[order]
-    cuts = np.flatnonzero(sorted_ends[1:] != sorted_ends[:-1]) + 1
-    for index in np.split(order, cuts):
-        yield int(wend[index[0]]), index
-
-
-def _by_window(entries: Iterable[tuple[bytes, Any]]) -> Iterator[tuple[int, list[Chunk]]]:
-    """Group scanned ``window-chunks`` entries (ascending keys) by window end."""
-    current: int | None = None
-    chunks: list[Chunk] = []
-    for key, entry in entries:
-        end = decode_time(key)
-        if end != current:
-            if current is not None:
-                yield current, chunks
-            current, chunks = end, []
-        chunks.append(dict(entry.columns))
-    if current is not None:
-        yield current, chunks
-
-
-def build_cascade(
-    tiers: Iterable[TierSpec],
-    allowed_lateness_ns: int = 0,
-    *,
-    uid_prefix: str = "window",
-    corrections: CorrectionInbox | None = None,
-    metrics: Mapping[str, TierWindowMetrics] | None = None,
-) -> list[TierWindowOperator]:
-    """One operator per windowed tier, chained: tier *i* reads tier *i-1*'s partials.
-
-    All tiers share ``allowed_lateness_ns`` (measured on the raw points' event time). Since a
-    coarse window ends no earlier than any fine window inside it, a fine partial re-emitted
-    within the lateness is always within the coarse tier's lateness too. Uids are
-    ``f"{uid_prefix}-{tier.name}"``. With ``corrections`` (where re-derived windows come
-    back), windows whose state is gone are corrected instead of left as they were.
-    ``metrics``: shared counters per tier name (else each operator counts for itself).
-    """
-    specs = validate_tiers(tuple(tiers))
-    operators: list[TierWindowOperator] = []
-    previous = 0
-    previous_name = RAW_TIER
-    for tier in specs[1:]:
-        operators.append(
-            TierWindowOperator(
-                f"{uid_prefix}-{tier.name}",
-                tier,
-                allowed_lateness_ns,
-                input_window_ns=previous,
-                input_tier=previous_name,
-                corrections=corrections,
-                metrics=None if metrics is None else metrics.get(tier.name),
-            )
-        )
-        previous = tier.window_ns
-        previous_name = tier.name
-    return operators

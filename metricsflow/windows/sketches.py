@@ -37,14 +37,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from metricsflow.errors import MetricsflowError, SerializationError
+from metricsflow.runtime.records import Int8Array, SketchBins
 from metricsflow.windows.kernels import Float64Array, Int32Array, Int64Array, IntpArray
-
-Int8Array = npt.NDArray[np.int8]
 
 RELATIVE_ACCURACY: Final = 0.01
 PERCENTILES: Final = (50, 90, 95, 99)
@@ -99,26 +97,6 @@ class LogMapping:
 
 
 DEFAULT_MAPPING: Final = LogMapping()
-
-
-@dataclass(frozen=True)
-class SketchBins:
-    """Bins of many sketches: one row per non-empty (group, store, index), in value order."""
-
-    group: Int64Array
-    store: Int8Array
-    index: Int32Array
-    count: Float64Array
-
-    @property
-    def size(self) -> int:
-        return int(self.group.shape[0])
-
-    @staticmethod
-    def empty() -> SketchBins:
-        return SketchBins(
-            np.empty(0, np.int64), np.empty(0, np.int8), np.empty(0, np.int32), np.empty(0)
-        )
 
 
 def _reduce(

@@ -304,7 +304,7 @@ class WorkerSettings(BaseSettings):
             "`<measurement glob>/<field glob>`, or `<field glob>` for any measurement; `*`, `?`, "
             "`[...]` as in shell globs, case-sensitive. The default follows Prometheus' naming "
             "conventions (remote write: measurement = metric name) and Telegraf's cumulative "
-            "`net`/`diskio` fields. Empty: none. Not yet applied to the tier rows (issue 15)."
+            "`net`/`diskio` fields. Empty: none."
         ),
     )
     sketch_fields: str = Field(
@@ -313,7 +313,7 @@ class WorkerSettings(BaseSettings):
             "Fields whose tier rows are to get a DDSketch (`sketch_<f>`, 1 % relative accuracy) "
             "and `p50_`/`p90_`/`p95_`/`p99_<f>`: patterns as for `counter_fields`; a counter "
             "never gets a sketch. Default: names that say latency, duration or response time. "
-            "Empty: none. Not yet applied to the tier rows (issue 15)."
+            "Empty: none."
         ),
     )
     checkpoint_interval_ms: int = Field(
@@ -535,6 +535,7 @@ class WorkerSettings(BaseSettings):
                 if self.allowed_lateness not in ("0", "0s")
                 else 0,
                 sink_flush_timeout_s=self.checkpoint_timeout_ms / 1000,
+                field_kinds=self.field_kinds,
             ),
             checkpoint=CheckpointConfig(
                 interval_ms=self.checkpoint_interval_ms,

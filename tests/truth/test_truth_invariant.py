@@ -18,6 +18,12 @@ window that has ended must equal ``SELECT count(v), sum(v), min(v), max(v), firs
 FROM "raw".<m> ... GROUP BY time(<tier>), *`` (sum and mean within 1e-9 relative), for the
 finest tier and two coarser ones; once equal, the test keeps checking for 30 s that it stays
 equal.
+
+Issue 15's fields ride along: ``ctr_total`` is a counter (Prometheus naming) with resets at and
+between window boundaries, late points within and beyond the allowed lateness; its
+``increase_v``/``resets_v`` must equal a reference computed here with a plain loop over the raw
+tier's samples, exactly, at every tier. ``req_latency`` is sketched: its ``p50_v``..``p99_v``
+must be within the sketch's 1 % of ``SELECT percentile(v, N)`` over raw for the same window.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 S = 1_000_000_000
 TIERS = {"1s": S, "10s": 10 * S, "1m": 60 * S}
-MEASUREMENTS = ("inorder", "ooo", "buffer", "rewrite", "future")
+MEASUREMENTS = ("inorder", "ooo", "buffer", "rewrite", "future", "ctr_total", "req_latency")
+PERCENTILES = (50, 90, 95, 99)
 BOUND_NS = 1 * S
 SETTLE_NS = 10 * S  # windows ending this long before "now" must be final
 STABLE_S = 30.0
@@ -76,12 +83,21 @@ class Client:
 
 
 def live_traffic(client: Client, rng: random.Random) -> AbstractContextManager[None]:
-    """In-order points at the wall clock for ``inorder`` and ``future`` (every 100 ms)."""
+    """In-order points at the wall clock for ``inorder``, ``future``, the counter
+    ``ctr_total`` (resets now and then) and ``req_latency`` (every 100 ms)."""
+    counter = [0.0, 0.0]
 
     def step() -> None:
         now = time.time_ns()
         points = [(f"inorder,host=h{i}", now + i, rng.uniform(-100, 100)) for i in range(8)]
         points += [(f"future,host=f{i}", now + i, rng.uniform(-1, 1)) for i in range(2)]
+        tick = now - now % (S // 10)  # every tenth lands on a 1 s window start
+        for i in range(2):
+            counter[i] = (
+                float(rng.randrange(3)) if rng.random() < 0.08 else counter[i] + rng.randrange(6)
+            )
+            points.append((f"ctr_total,host=c{i}", tick + i, counter[i]))
+        points += [(f"req_latency,host=l{i}", now + i, rng.lognormvariate(3, 1)) for i in range(2)]
         client.write(points)
 
     return repeating(step, 0.1, name="live")
@@ -99,6 +115,14 @@ def run_streams(client: Client, rng: random.Random, kill: Callable[[], None] | N
         ]
         client.write(batch)
         late += batch
+        # counter points late within (1.5 s) and beyond (4 s to 40 s) the lateness, latencies
+        ctr = [("ctr_total,host=c0", now - 1_500_000_000 - 3, float(rng.randrange(50)))]
+        ctr += [
+            (f"ctr_total,host=c{rng.randrange(2)}", now - rng.randrange(4 * S, 40 * S), float(v))
+            for v in rng.sample(range(100), 2)
+        ]
+        ctr += [("req_latency,host=l0", now - rng.randrange(4 * S, 40 * S), rng.random() * 50)]
+        client.write(ctr)
         if step == 3:  # one point a day ahead, one 30 s ahead (max_future is 10 s)
             client.write([("future,host=f0", now + 86_400 * S, 5.0)])
             client.write([("future,host=f1", now + 30 * S + 7, 6.0)])
@@ -141,6 +165,50 @@ def rows(stack: Stack, q: str) -> dict[tuple[str, int], dict[str, Any]]:
     return out
 
 
+def counter_reference(stack: Stack, window: int) -> dict[tuple[str, int], tuple[float, int]]:
+    """(host, window start) -> (increase, resets) from every raw sample of ``ctr_total``,
+    with a plain loop: a drop is a reset and counts from zero; a pair belongs to the window of
+    its later sample."""
+    samples: dict[str, list[tuple[int, float]]] = {}
+    for r in query(stack.influx.url, stack.db, 'SELECT v FROM "raw"."ctr_total" GROUP BY *'):
+        samples.setdefault(r["host"], []).append((r["time"], r["v"]))
+    out: dict[tuple[str, int], tuple[float, int]] = {}
+    for host, points in samples.items():
+        points.sort()
+        for i, (t, v) in enumerate(points):
+            key = (host, t - t % window)
+            inc, resets = out.get(key, (0.0, 0))
+            if i:
+                before = points[i - 1][1]
+                inc, resets = (inc + v, resets + 1) if v < before else (inc + v - before, resets)
+            out[key] = (inc, resets)
+    return out
+
+
+def compare_issue15(stack: Stack, m: str, tier: str, window: int, lo: int, top: int) -> list[str]:
+    where = f"WHERE time >= {lo} AND time < {top}"
+    actual = rows(stack, f'SELECT * FROM "{tier}"."{m}" {where} GROUP BY *')
+    problems: list[str] = []
+    if m == "ctr_total":
+        expected = counter_reference(stack, window)
+        for key, a in sorted(actual.items()):
+            got = (a.get("increase_v"), a.get("resets_v"))
+            if got != expected.get(key):
+                problems.append(f"{m}/{tier}/{key}: increase, resets {got} != {expected.get(key)}")
+        return problems
+    pcts = ", ".join(f"percentile(v, {p}) AS p{p}" for p in PERCENTILES)
+    expected_p = rows(
+        stack, f'SELECT {pcts} FROM "raw"."{m}" {where} GROUP BY time({tier}), * fill(none)'
+    )
+    for key, e in sorted(expected_p.items()):
+        a = actual.get(key, {})
+        for p in PERCENTILES:
+            got, want = a.get(f"p{p}_v"), e[f"p{p}"]
+            if got is None or abs(got - want) > 0.01 * abs(want) + 1e-12:
+                problems.append(f"{m}/{tier}/{key}: p{p} {got} not within 1 % of {want}")
+    return problems
+
+
 def compare(stack: Stack, lo: int, hi: int) -> list[str]:
     """Tier rows vs InfluxQL over raw, for every measurement and tier, windows in [lo, hi)."""
     problems: list[str] = []
@@ -174,6 +242,8 @@ def compare(stack: Stack, lo: int, hi: int) -> list[str]:
                     mean, a["mean_v"], rel_tol=1e-9, abs_tol=1e-9
                 ):
                     problems.append(f"{where}.mean: expected {mean} got {a['mean_v']}")
+            if m in ("ctr_total", "req_latency"):
+                problems += compare_issue15(stack, m, tier, window, lo, top)
     return problems
 
 
