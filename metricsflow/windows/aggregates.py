@@ -43,6 +43,8 @@ BIN_COLUMNS = ("b_g", "b_s", "b_i", "b_c")
 
 def measurement_of(series_key: str) -> str:
     """The measurement of a series key (``m,tag=v,...``; ``\\,`` and ``\\ `` escaped)."""
+    if "\\" not in series_key:
+        return series_key.split(",", 1)[0]
     i = 0
     n = len(series_key)
     while i < n:
@@ -65,6 +67,7 @@ class FieldKindIndex:
         self._kind: Int8Array = np.zeros(0, np.int8)
         self.any_counter = False
         self.any_sketch = False
+        self._pairs: dict[tuple[str, str], int] = {}
 
     def of(self, keys: tuple[str, ...]) -> Int8Array | None:
         """Kinds of ``keys`` (the operator's dictionary snapshot); ``None`` when no field kinds
@@ -88,12 +91,18 @@ class FieldKindIndex:
     def _kind_of(self, key: str) -> int:
         assert self.kinds is not None
         _, series, field_key = split_window_key(key)
-        measurement = measurement_of(series)
-        if self.kinds.is_counter(measurement, field_key):
-            return COUNTER
-        if self.kinds.has_sketch(measurement, field_key):
-            return SKETCHED
-        return GAUGE
+        pair = (measurement_of(series), field_key)
+        kind = self._pairs.get(pair)
+        if kind is None:
+            if self.kinds.is_counter(*pair):
+                kind = COUNTER
+            elif self.kinds.has_sketch(*pair):
+                kind = SKETCHED
+            else:
+                kind = GAUGE
+            if len(self._pairs) < 1 << 16:
+                self._pairs[pair] = kind
+        return kind
 
 
 # -- bins carried in chunks ------------------------------------------------------------------
