@@ -58,11 +58,15 @@ class SketchDecodeError(MetricsflowError, ValueError):
 @dataclass
 class SketchAccumulator:
     """The bins of one sketch being merged: (store, bucket index, count) triples, appended
-    from decoded sketches and raw values, added up when a percentile is read."""
+    from decoded sketches (plain lists: a sketch holds a few bins, and NumPy calls per sketch
+    cost more than they save) and raw values, added up when a percentile is read."""
 
-    stores: list[npt.NDArray[np.int8]] = field(default_factory=list)
-    indexes: list[Int64Array] = field(default_factory=list)
-    counts: list[Float64Array] = field(default_factory=list)
+    stores: list[int] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)
+    counts: list[float] = field(default_factory=list)
+    arrays: list[tuple[npt.NDArray[np.int8], Int64Array, Float64Array]] = field(
+        default_factory=list
+    )
 
     def add_encoded(self, text: str) -> None:
         """Merge one base64 ``DDSketch`` message."""
@@ -84,28 +88,22 @@ class SketchAccumulator:
                 f"gamma={MAPPING.gamma} indexOffset=0 interpolation=NONE"
             )
         for kind, store in ((_POSITIVE, msg.positiveValues), (_NEGATIVE, msg.negativeValues)):
-            self._add_store(kind, store)
+            dense = store.contiguousBinCounts
+            if dense:
+                offset = int(store.contiguousBinIndexOffset)
+                self.stores.extend([kind] * len(dense))
+                self.indexes.extend(range(offset, offset + len(dense)))
+                self.counts.extend(dense)
+            sparse = store.binCounts
+            if sparse:
+                for key, count in sparse.items():
+                    self.stores.append(kind)
+                    self.indexes.append(key)
+                    self.counts.append(count)
         if msg.zeroCount:
-            self._append(_ZERO, np.zeros(1, np.int64), np.array([msg.zeroCount]))
-
-    def _add_store(self, kind: int, store: Any) -> None:
-        dense = np.asarray(store.contiguousBinCounts, dtype=np.float64)
-        if dense.shape[0]:
-            keys = np.arange(dense.shape[0], dtype=np.int64) + int(store.contiguousBinIndexOffset)
-            self._append(kind, keys, dense)
-        if len(store.binCounts):
-            items = store.binCounts.items()
-            keys = np.fromiter((int(k) for k, _ in items), dtype=np.int64, count=len(items))
-            counts = np.fromiter((c for _, c in items), dtype=np.float64, count=len(items))
-            self._append(kind, keys, counts)
-
-    def _append(self, kind: int, keys: Int64Array, counts: Float64Array) -> None:
-        bad = ~(counts >= 0.0) | ~np.isfinite(counts)
-        if bool(bad.any()):
-            raise SketchDecodeError(f"sketch bin counts must be finite and >= 0, got {counts}")
-        self.stores.append(np.full(keys.shape[0], kind, dtype=np.int8))
-        self.indexes.append(keys)
-        self.counts.append(counts)
+            self.stores.append(_ZERO)
+            self.indexes.append(0)
+            self.counts.append(msg.zeroCount)
 
     def add_values(self, values: Sequence[float]) -> None:
         """Add raw values (those of the partial windows at the range edges)."""
@@ -119,18 +117,20 @@ class SketchAccumulator:
         keys = np.zeros(v.shape[0], dtype=np.int64)
         nonzero = kind != _ZERO
         keys[nonzero] = np.ceil(np.log(np.abs(v[nonzero])) * _MULTIPLIER).astype(np.int64)
-        self.stores.append(kind)
-        self.indexes.append(keys)
-        self.counts.append(np.ones(v.shape[0]))
+        self.arrays.append((kind, keys, np.ones(v.shape[0])))
 
     def percentiles(self, percents: Sequence[float]) -> list[float | None]:
         """InfluxDB's ``PERCENTILE(f, N)`` for each ``N`` (``None`` when the sketch is empty
         or the nearest rank is below the first value, as InfluxDB answers null)."""
-        if not self.counts:
-            return [None] * len(percents)
-        store = np.concatenate(self.stores)
-        index = np.concatenate(self.indexes)
-        count = np.concatenate(self.counts)
+        store = np.concatenate([np.array(self.stores, dtype=np.int8), *(a[0] for a in self.arrays)])
+        index = np.concatenate(
+            [np.array(self.indexes, dtype=np.int64), *(a[1] for a in self.arrays)]
+        )
+        count = np.concatenate(
+            [np.array(self.counts, dtype=np.float64), *(a[2] for a in self.arrays)]
+        )
+        if bool((~np.isfinite(count) | (count < 0.0)).any()):
+            raise SketchDecodeError(f"sketch bin counts must be finite and >= 0: {count}")
         keep = count > 0
         store, index, count = store[keep], index[keep], count[keep]
         if not count.shape[0]:
