@@ -32,6 +32,7 @@ from gateway.query.base import TIER_HEADER, QuerySettings
 from gateway.query.router import create_query_router
 from gateway.query.testing import MINUTE_NS, TieredDataset, write_tiered_dataset
 from metricsflow.infra.influxdb import InfluxDBServer
+from metricsflow.sources.base import SourceStats
 from metricsflow.windows.operator import TierWindowMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -503,9 +504,7 @@ def worker_metric_names() -> set[str]:
 
     runner = SimpleNamespace(
         source=SimpleNamespace(
-            stats=SimpleNamespace(
-                records_in=0, bytes_in=0, points_in=0, samples_in=0, dead_letters=0, rebalances=0
-            ),
+            stats=SourceStats(),  # the real one: a new counter cannot be missed here
             lag=lambda: {0: 0},
         ),
         sink=SimpleNamespace(
@@ -522,6 +521,7 @@ def worker_metric_names() -> set[str]:
                 unconfirmed_writes=0,
             ),
         ),
+        isolation_restarts=0,
         late=SimpleNamespace(points=0),
         recovery=SimpleNamespace(refused={}),
         metrics=SimpleNamespace(
