@@ -38,7 +38,10 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from gateway.query.base import TIER_HEADER, QuerySettings
+from gateway.query.router import create_query_router
 from tests.job.stack import Stack, metrics_of, query, repeating, stack_factory
 
 __all__ = ["stack_factory"]
@@ -209,6 +212,52 @@ def compare_issue15(stack: Stack, m: str, tier: str, window: int, lo: int, top: 
     return problems
 
 
+async def check_tier_aware_query(stack: Stack, lo: int, hi: int) -> None:
+    """The query API over the worker's own tier rows (issue 15's read side): ``percentile()``
+    from the merged ``sketch_v`` within 1 % of InfluxDB's over raw with the same rows, and
+    ``difference(last(v))`` of the counter with InfluxDB's rows and the plain-loop increases
+    as values. ``[lo, hi)`` is whole 10 s intervals that are final."""
+    app = FastAPI()
+    settings = QuerySettings(
+        influxdb_url=stack.influx.url,
+        query_tiers="raw:7d,1s:7d,10s:7d,1m:7d",
+        query_tier_lag_s=(time.time_ns() - hi) / S,
+    )
+    app.include_router(create_query_router(settings))
+    where = f"WHERE time >= {lo} AND time < {hi} GROUP BY time(10s), host"
+    pct = f"SELECT percentile(v, 50), percentile(v, 99) FROM req_latency {where} fill(none)"
+    diff = f"SELECT difference(last(v)) FROM ctr_total {where}"
+    async with (
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=60
+        ) as api,
+        httpx.AsyncClient(base_url=stack.influx.url, timeout=60) as direct,
+    ):
+        answers = {}
+        for q in (pct, diff):
+            params = {"db": stack.db, "q": q, "epoch": "ns"}
+            got = await api.get("/query", params=params)
+            assert got.headers[TIER_HEADER] == "10s", (q, got.headers[TIER_HEADER])
+            want = await direct.get("/query", params=params)
+            answers[q] = (got.json()["results"][0]["series"], want.json()["results"][0]["series"])
+    got_p, want_p = answers[pct]
+    assert [(s["tags"], [r[0] for r in s["values"]]) for s in got_p] == [
+        (s["tags"], [r[0] for r in s["values"]]) for s in want_p
+    ]
+    for gs, ws in zip(got_p, want_p, strict=True):
+        for g_row, w_row in zip(gs["values"], ws["values"], strict=True):
+            for g, w in zip(g_row[1:], w_row[1:], strict=True):
+                assert math.isclose(g, w, rel_tol=0.01), (gs["tags"], g_row, w_row)
+    reference = counter_reference(stack, 10 * S)
+    got_c, want_c = answers[diff]
+    assert [(s["tags"], [r[0] for r in s["values"]]) for s in got_c] == [
+        (s["tags"], [r[0] for r in s["values"]]) for s in want_c
+    ]
+    for s in got_c:
+        for t, value in s["values"]:
+            assert value == reference[(s["tags"]["host"], t)][0], (s["tags"], t, value)
+
+
 def compare(stack: Stack, lo: int, hi: int) -> list[str]:
     """Tier rows vs InfluxQL over raw, for every measurement and tier, windows in [lo, hi)."""
     problems: list[str] = []
@@ -298,6 +347,9 @@ async def test_every_tier_converges_to_influxdb_group_by_over_raw_and_stays_ther
     if not sigkill:  # a restarted worker counts from zero (and may resume past them)
         assert metrics["metricsflow_worker_future_points_total"] >= 2
     assert metrics['metricsflow_worker_tier_corrections_total{tier="1s"}'] > 0
+    if fetch == 2000 and not sigkill:  # once: the query API over these tier rows
+        hi = time.time_ns() - SETTLE_NS
+        await check_tier_aware_query(stack, started - started % (10 * S), hi - hi % (10 * S))
     assert metrics["metricsflow_worker_correction_backlog"] == 0
     raw = query(stack.influx.url, stack.db, 'SELECT count(v) FROM "raw"."buffer"')
     assert raw[0]["count"] == 1200
