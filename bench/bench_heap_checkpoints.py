@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_heap_checkpoints.py            # 8, 32 and 128 MB of state
     .venv/bin/python bench/bench_heap_checkpoints.py --quick    # 8 and 32 MB
+    .venv/bin/python bench/bench_heap_checkpoints.py --job      # the tier job, end to end
 
 Writes ``bench/results/heap_checkpoints.json`` and prints a table. The workload is the tier
 window operator's steady state: per key group, ``window-chunks`` entries keyed
@@ -147,11 +148,116 @@ def run(state_mb: int, incremental: bool, rounds: int, work: Path) -> dict[str, 
     }
 
 
+def job_run(incremental: bool, series: int, batches: int, every: int, work: Path) -> dict[str, Any]:
+    """The whole tier job (watermarks -> 1m -> 1h -> 1d, lateness 3 min) on 4 key groups:
+    every series reports every 10 s, a checkpoint every ``every`` batches; figures per
+    checkpoint from its ``_metadata`` (size referenced, bytes written), then the last one is
+    restored into fresh heap backends (one per operator and key group, as the job does)."""
+    import asyncio
+
+    from metricsflow.checkpointing.config import CheckpointConfig
+    from metricsflow.runtime.records import RecordBatch, window_key
+    from metricsflow.state.serializers import SERIALIZERS
+    from metricsflow.testing import CollectedResults, InMemorySource
+    from metricsflow.testing.harness import JobRunner
+
+    rng = np.random.default_rng(3)
+    base = 1_700_000_000 * 1_000_000_000
+    partitions: dict[int, list[Any]] = {}
+    for kg in range(KEY_GROUPS):
+        keys = tuple(window_key("db", f"cpu,host=h{kg}-{i}", "usage") for i in range(series))
+        idx = np.arange(series, dtype=np.int32)
+        partitions[kg] = [
+            RecordBatch(
+                kg,
+                keys,
+                idx,
+                np.full(series, base + b * 10_000_000_000, dtype=np.int64),
+                rng.random(series),
+            )
+            for b in range(batches)
+        ]
+    root = work / f"job-{'inc' if incremental else 'full'}"
+    runner = JobRunner(
+        root, "heap", CheckpointConfig(interval_ms=0, num_retained=1, incremental=incremental)
+    )
+    # fed ``every`` batches at a time: exactly that much new input between two checkpoints
+    source = InMemorySource({kg: batches_[:every] for kg, batches_ in partitions.items()})
+    rows: list[dict[str, float]] = []
+
+    async def go() -> Any:
+        job = runner.job_factory(source, CollectedResults())(None)
+        task = asyncio.create_task(job.run())
+        last = None
+        for b in range(every, batches + 1, every):
+            await source.wait_for_position(b)
+            last = await job.trigger_checkpoint()
+            for kg, elements in partitions.items():  # the readers' lists: they see the rest
+                source.partitions[kg].extend(elements[b : b + every])
+            rows.append(
+                {
+                    "size": last.metadata.state_size,
+                    "written": last.metadata.written_bytes,
+                    "async_ms": last.async_duration_ns / 1e6,
+                }
+            )
+        job.cancel()
+        await task
+        return last
+
+    started = time.perf_counter()
+    last = asyncio.run(go())
+    run_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for entry in last.metadata.keyed:
+        backend = HeapKeyedStateBackend(f"{entry.uid}-{entry.handle.key_group}")
+        for name, (type_id, _) in json.loads(entry.handle.metadata["serializers"]).items():
+            backend.register(StateDescriptor(name, SERIALIZERS.get(type_id)))
+        backend.restore([entry.handle], runner.storage)
+    restore_ms = (time.perf_counter() - started) * 1e3
+    steady = rows[len(rows) // 4 :]
+    shutil.rmtree(root)
+    return {
+        "mode": "incremental" if incremental else "full",
+        "series": series * KEY_GROUPS,
+        "checkpoints": len(rows),
+        "size_mean": statistics.mean(r["size"] for r in steady),
+        "written_mean": statistics.mean(r["written"] for r in steady),
+        "async_ms_mean": statistics.mean(r["async_ms"] for r in steady),
+        "restore_ms": restore_ms,
+        "run_s": run_s,
+        "per_checkpoint": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 and 32 MB only")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--job", action="store_true", help="the tier job end to end instead")
+    parser.add_argument("--series", type=int, default=5000, help="per key group (--job)")
     args = parser.parse_args()
+    if args.job:
+        work = Path(tempfile.mkdtemp(prefix="mf-heap-job-"))
+        results = []
+        try:
+            for incremental in (False, True):
+                r = job_run(incremental, args.series, batches=240, every=6, work=work)
+                results.append(r)
+                print(
+                    f"job {r['mode']:<11} series={r['series']} checkpoints={r['checkpoints']} "
+                    f"size={r['size_mean'] / 2**20:6.2f} MiB "
+                    f"written/chk={r['written_mean'] / 2**20:6.2f} MiB "
+                    f"async={r['async_ms_mean']:6.1f} ms restore={r['restore_ms']:6.1f} ms "
+                    f"run={r['run_s']:5.1f} s",
+                    flush=True,
+                )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        RESULTS.with_name("heap_checkpoints_job.json").write_text(
+            json.dumps({"results": results}, indent=1)
+        )
+        return
     sizes = [8, 32] if args.quick else [8, 32, 128]
     work = Path(tempfile.mkdtemp(prefix="mf-heap-chk-"))
     results = []

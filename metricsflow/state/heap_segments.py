@@ -14,11 +14,12 @@ Which segments changed: the map records the keys written or deleted since the la
 The base of a snapshot is the layout of the backend's last *completed* checkpoint (as for
 RocksDB), so the keys touched since then (over every snapshot taken in between) count.
 
-A referenced file keeps its dead sections (segments rewritten later) alive. When dead bytes
-exceed ``DEAD_RATIO`` of the bytes a checkpoint references (plus a small slack), the
-checkpoint is a **compaction**: every segment is rewritten into its new file and the old files
-are no longer referenced. So a checkpoint references at most about twice the live state, and
-restore reads no more than that.
+A referenced file keeps its dead sections (segments rewritten later) alive. **Compaction**: an
+earlier file whose still-referenced segments are less than ``MIN_LIVE_FRACTION`` (2/3) of its
+bytes has them rewritten into the new file, so it is no longer referenced; a checkpoint thus
+references at most 1.5 times the live state plus what it wrote, and restore reads no more
+than that. A safety net rewrites everything when dead bytes still exceed ``DEAD_RATIO`` of
+what the checkpoint references (plus a small slack).
 
 New files of checkpoint *n* live under ``shared/chk-<n>/``: an aborted checkpoint's files are
 deleted with that directory (no completed checkpoint can reference them: bases are only ever
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,10 @@ from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle, St
 
 KIND = "segments"
 SEGMENT_FORMAT_VERSION = 1
-DEFAULT_SEGMENT_BYTES = 128 << 10
+DEFAULT_SEGMENT_BYTES = 32 << 10
+#: an earlier file whose segments still referenced are less than this share of its bytes has
+#: them rewritten into the new file (so it is no longer referenced)
+MIN_LIVE_FRACTION = 2 / 3
 #: compact (rewrite everything) when dead bytes exceed this share of the referenced bytes
 DEAD_RATIO = 0.5
 #: dead bytes tolerated whatever the ratio (tiny states are not compacted every checkpoint)
@@ -172,9 +176,15 @@ def _dirty_indexes(segments: Sequence[Segment], touched: Iterable[set[bytes]]) -
 
 
 def _plan(
-    states: Sequence[CapturedState], base: Layout | None, target: int, *, full: bool
+    states: Sequence[CapturedState],
+    base: Layout | None,
+    target: int,
+    *,
+    full: bool,
+    sparse: Collection[str] = (),
 ) -> list[tuple[str, list[Segment | _Piece]]]:
-    """Per state, in key order: base segments kept as they are, or new pieces."""
+    """Per state, in key order: base segments kept as they are, or new pieces (segments
+    that changed, and those in a ``sparse`` file, which are moved out of it)."""
     plan: list[tuple[str, list[Segment | _Piece]]] = []
     for st in states:
         old = None if full or base is None else base.states.get(st.name)
@@ -185,7 +195,7 @@ def _plan(
         dirty = _dirty_indexes(old, st.touched)
         out: list[Segment | _Piece] = []
         for i, seg in enumerate(old):
-            if i not in dirty:
+            if i not in dirty and seg.path not in sparse:
                 out.append(seg)
                 continue
             hi = old[i + 1].lo if i + 1 < len(old) else None
@@ -211,6 +221,14 @@ def write_segments(
     plan = _plan(states, base, segment_bytes, full=False)
     compacted = base is None
     if base is not None:
+        live_in: dict[str, int] = {}
+        for _, items in plan:
+            for x in items:
+                if isinstance(x, Segment):
+                    live_in[x.path] = live_in.get(x.path, 0) + x.size
+        sparse = {p for p, n in live_in.items() if n < MIN_LIVE_FRACTION * base.files[p].size}
+        if sparse:  # move the live segments out of mostly dead files
+            plan = _plan(states, base, segment_bytes, full=False, sparse=sparse)
         live = sum(x.size for _, items in plan for x in items)  # kept segments and new pieces alike
         kept_files = {x.path for _, items in plan for x in items if isinstance(x, Segment)}
         referenced = sum(base.files[p].size for p in kept_files) + sum(

@@ -5,6 +5,7 @@ checkpoint cut short by a crash are deleted at the next start."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +20,11 @@ MANUAL = CheckpointConfig(interval_ms=0, num_retained=2)
 WAIT_S = 10.0  # bound on an awaited event that must happen; never a measured delay
 
 
-def endless(seed: int) -> InMemorySource:
-    partitions = metric_batches(seed, batches=12)
+def endless(seed: int, batches: int = 12, delay_s: float = 0.002) -> InMemorySource:
+    partitions = metric_batches(seed, batches=batches)
     for elements in partitions.values():
         elements.pop()  # no END: the job stays up until cancelled
-    return InMemorySource(partitions, element_delay_s=0.002)
+    return InMemorySource(partitions, element_delay_s=delay_s)
 
 
 async def checkpoints_while_reading(
@@ -105,3 +106,38 @@ async def test_shared_files_of_a_checkpoint_cut_short_by_a_crash_are_deleted_at_
     assert plan.max_checkpoint_id == first
     assert shared_files(root) == referenced(runner, [first])
     assert not (root / "shared" / f"chk-{second}").exists()
+
+
+async def test_a_partition_whose_chain_lives_in_another_root_moves_and_outlives_that_root(
+    runner_factory: Callable[..., JobRunner],
+) -> None:
+    """Worker A checkpoints incrementally (a chain of segment files in A's root); worker B
+    restores from A's root, checkpoints into its own; A's root is then lost: B's checkpoint
+    alone restores, and the run ends with the results of a run without hand-over."""
+    expected = CollectedResults()
+    assert (
+        await runner_factory("heap").run(InMemorySource(metric_batches(5, batches=24)), expected)
+        == 0
+    )
+    a, b = runner_factory("heap", MANUAL), runner_factory("heap", MANUAL)
+    results = CollectedResults()
+    source = endless(5, batches=24, delay_s=0.01)
+    await checkpoints_while_reading(a.job_factory(source, results), source, None, 3)
+    assert (
+        len(referenced(a, [max(int(d[4:]) for d in checkpoint_dirs(Path(a.storage.root_url)))])) > 3
+    )
+
+    source = endless(5, batches=24, delay_s=0.01)
+    plan = CheckpointRecovery(a.storage).plan(source.key_groups)
+    (b_checkpoint,) = await checkpoints_while_reading(
+        b.job_factory(source, results), source, plan, 1
+    )
+    b_root = Path(b.storage.root_url)
+    assert referenced(b, [b_checkpoint]) == shared_files(b_root)
+    shutil.rmtree(a.storage.root_url)
+
+    source = InMemorySource(metric_batches(5, batches=24))
+    plan = CheckpointRecovery(b.storage).plan(source.key_groups)
+    assert plan.max_checkpoint_id == b_checkpoint
+    await b.job_factory(source, results)(plan).run()
+    assert results.latest == expected.latest

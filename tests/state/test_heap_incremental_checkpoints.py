@@ -25,7 +25,7 @@ from metricsflow.state import (
     StateDescriptor,
 )
 from metricsflow.state.handles import KeyGroupStateHandle
-from metricsflow.state.heap_segments import DEAD_SLACK_BYTES, KIND
+from metricsflow.state.heap_segments import KIND
 
 
 def heap(segment_bytes: int = 1024) -> HeapKeyedStateBackend:
@@ -174,31 +174,33 @@ def test_every_checkpoint_of_a_chain_restores_exactly_the_state_it_captured(
         assert dict(restored(retained[1], storage).scan(0, "counts")) == retained[2]
 
 
-def test_what_a_checkpoint_references_stays_within_twice_the_live_state(tmp_path: Path) -> None:
+def test_what_a_checkpoint_references_stays_within_one_and_a_half_times_the_live_state(
+    tmp_path: Path,
+) -> None:
     """A sliding window of time-ordered keys (appends at the end, a range delete at the front,
-    as window firing does): dead sections pile up in old files until a compaction rewrites."""
+    as window firing does, and rewrites in the middle, as late data does): dead sections pile
+    up in old files until their live segments are moved out (each earlier file a checkpoint
+    references is at least two thirds live)."""
     backend = heap(segment_bytes=2048)
     storage = FsCheckpointStorage(str(tmp_path))
     registry = SharedStateRegistry()
-    compactions = 0
     for round_ in range(1, 120):
         for i in range(round_ * 100, round_ * 100 + 100):
             backend.put(0, "names", key(i), f"window-{i:08d}")
+        backend.put(0, "names", key(max(0, round_ * 100 - 1500)), f"late-{round_:08d}")
         backend.delete_range(0, "names", None, key(max(0, round_ * 100 - 3000)))
         handle = backend.snapshot(round_, [0], storage).run()[0]
         registry.register(round_, [handle])
         delete_shared_files(storage, registry.release(round_ - 1))
         backend.notify_checkpoint_complete(round_)
         live = sum(len(k) + len(v.encode()) + 8 for k, v in backend.scan(0, "names"))
-        assert handle.size <= 2 * live + DEAD_SLACK_BYTES + 4096, round_
-        compactions += written(handle) == handle.size
+        assert handle.size <= 1.5 * live + written(handle) + 1024, round_
         stored = sum(
             (tmp_path / "shared" / d / f).stat().st_size
             for d in storage.list_dir("shared")
             for f in storage.list_dir(f"shared/{d}")
         )
         assert stored == handle.size  # nothing left behind that nobody references
-    assert compactions >= 2  # the first checkpoint, then at least one compaction
     assert dict(restored(handle, storage).scan(0, "names")) == dict(backend.scan(0, "names"))
 
 
