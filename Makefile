@@ -29,8 +29,16 @@ $(BIN)/python:
 $(BIN)/uv: | $(BIN)/python
 	$(BIN)/python -m pip install --quiet uv
 
-$(STAMP): pyproject.toml | $(BIN)/uv
+# The compiled line-protocol fast path (native/lp, Rust + PyO3, built by maturin with cargo
+# from crates.io; docs/libraries.md): rebuilt when its sources change.
+NATIVE := native/lp
+NATIVE_SRC := $(NATIVE)/Cargo.toml $(NATIVE)/pyproject.toml $(NATIVE)/metricsflow_lp.pyi \
+	$(wildcard $(NATIVE)/src/*.rs)
+
+$(STAMP): pyproject.toml $(NATIVE_SRC) | $(BIN)/uv
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,bench]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --reinstall-package metricsflow-lp \
+		./$(NATIVE)
 	touch $@
 
 deps: $(STAMP)

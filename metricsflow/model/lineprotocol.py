@@ -42,6 +42,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Final
 
 from metricsflow.errors import ParseError, SerializationError
@@ -65,16 +66,26 @@ from metricsflow.model.lpscan import (
 )
 from metricsflow.model.point import FieldValue, Point, Unsigned
 
+_native: ModuleType | None
+try:
+    import metricsflow_lp as _native  # the compiled fast path (native/lp, built by make deps)
+except ImportError:  # pragma: no cover - `make deps` builds it; the Python path is the same
+    _native = None
+NATIVE: Final = _native is not None
+"""Whether :func:`canonicalize` runs the compiled scanner."""
+
 __all__ = [
     "DEFAULT_LIMITS",
     "MAX_TIME_NS",
     "MIN_TIME_NS",
+    "NATIVE",
     "PRECISION_V1",
     "PRECISION_V2",
     "Canonical",
     "Limits",
     "canonical_lines",
     "canonicalize",
+    "canonicalize_python",
     "escape_field_key",
     "escape_key",
     "escape_measurement",
@@ -300,7 +311,79 @@ def canonicalize(
     A canonical line is the series key, the client's field section and the timestamp in ns
     (the input line itself when it already is that). A line without a timestamp gets
     ``default_time_ns`` truncated to the precision.
+
+    Runs the compiled scanner (``metricsflow_lp``, built from ``native/lp`` by ``make deps``)
+    when it is installed: it settles the lines it can read and hands every other line (all
+    refused ones among them) to the exact scanner here, so the result is always
+    :func:`canonicalize_python`'s (``tests/model/test_lp_native.py``).
     """
+    lim = limits or DEFAULT_LIMITS
+    if _native is not None:
+        found = _canonicalize_native(_native, body, precision_factor, default_time_ns, lim)
+        if found is not None:
+            return found
+    return canonicalize_python(
+        body, precision_factor=precision_factor, default_time_ns=default_time_ns, limits=lim
+    )
+
+
+def _canonicalize_native(
+    native: ModuleType,
+    body: bytes | str,
+    precision_factor: int,
+    default_time_ns: int,
+    lim: Limits,
+) -> Canonical | None:
+    """The compiled scanner's answer, its deferred lines read by the exact scanner; ``None``
+    when it does not take the body (not UTF-8, a limit beyond 64 bits)."""
+    if isinstance(body, str):
+        try:
+            data = body.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    else:
+        data = body
+    limits = (
+        lim.max_line_length,
+        lim.max_tags,
+        lim.max_fields,
+        lim.max_key_length,
+        lim.max_tag_value_length,
+        lim.allow_unsigned,
+        lim.min_time_ns,
+        lim.max_time_ns,
+    )
+    try:
+        found = native.canonicalize(data, precision_factor, default_time_ns, limits)
+    except OverflowError:
+        return None
+    if found is None:
+        return None
+    keys, lines, deferred = found
+    if not deferred:
+        return Canonical(keys, lines)
+    out = Canonical()
+    done = 0
+    for index, lineno, start, end in deferred:
+        out.series_keys.extend(keys[done:index])
+        out.lines.extend(lines[done:index])
+        done = index
+        line = data[start:end].decode("utf-8")
+        _exact_line(line, lineno, precision_factor, default_time_ns, lim, out)
+    out.series_keys.extend(keys[done:])
+    out.lines.extend(lines[done:])
+    return out
+
+
+def canonicalize_python(
+    body: bytes | str,
+    *,
+    precision_factor: int = 1,
+    default_time_ns: int,
+    limits: Limits | None = None,
+) -> Canonical:
+    """:func:`canonicalize` in Python alone: the reference implementation (the compiled
+    scanner is tested against it), and the path when ``metricsflow_lp`` is not installed."""
     lim = limits or DEFAULT_LIMITS
     text, invalid_utf8 = _decode(body)
     out = Canonical()
@@ -374,24 +457,36 @@ def canonicalize(
                     lines_out.append(line if canonical else f"{sk} {fieldstr} {time_ns}")
                     continue
         # exact path: anything unusual, and every error
-        try:
-            scanned = scan_point(
-                line,
-                lineno=lineno,
-                precision_factor=precision_factor,
-                default_time_ns=default_time_ns,
-                limits=lim,
-            )
-            if scanned is None:
-                continue
-            field_values(scanned, lineno, lim)
-            canonical_line = _write_back(scanned, lineno, lim)
-        except ParseError as exc:
-            out.errors.append(exc)
-            continue
-        keys.append(scanned.series_key)
-        lines_out.append(canonical_line)
+        _exact_line(line, lineno, precision_factor, default_time_ns, lim, out)
     return out
+
+
+def _exact_line(
+    line: str,
+    lineno: int,
+    precision_factor: int,
+    default_time_ns: int,
+    limits: Limits,
+    out: Canonical,
+) -> None:
+    """One line through the exact scanner: appended to ``out`` canonical, or as an error."""
+    try:
+        scanned = scan_point(
+            line,
+            lineno=lineno,
+            precision_factor=precision_factor,
+            default_time_ns=default_time_ns,
+            limits=limits,
+        )
+        if scanned is None:
+            return
+        field_values(scanned, lineno, limits)
+        canonical_line = _write_back(scanned, lineno, limits)
+    except ParseError as exc:
+        out.errors.append(exc)
+        return
+    out.series_keys.append(scanned.series_key)
+    out.lines.append(canonical_line)
 
 
 def _write_back(scanned: ScannedLine, lineno: int, limits: Limits) -> str:

@@ -400,7 +400,7 @@ def _scan_number(buf: str, i: int, at: _Line, limits: Limits) -> int:
         if buf[i - 1] != "i":
             raise at.fail("invalid number", start)
         text = buf[start : i - 1]
-        if len(text) >= 19 and not INT64_MIN <= int(text) <= INT64_MAX:
+        if len(text) >= 19 and not INT64_MIN <= _int(text) <= INT64_MAX:
             raise at.fail(
                 f"unable to parse integer {text}: strconv.ParseInt: parsing "
                 f'"{text}": value out of range',
@@ -414,7 +414,7 @@ def _scan_number(buf: str, i: int, at: _Line, limits: Limits) -> int:
         if buf[i - 1] != "u" or buf[start] == "-":
             raise at.fail("invalid number", start)
         text = buf[start : i - 1]
-        if len(text) >= 20 and int(text) > UINT64_MAX:
+        if len(text) >= 20 and _int(text) > UINT64_MAX:
             raise at.fail(
                 f"unable to parse unsigned {text}: strconv.ParseUint: parsing "
                 f'"{text}": value out of range',
@@ -423,6 +423,16 @@ def _scan_number(buf: str, i: int, at: _Line, limits: Limits) -> int:
     elif (scientific or i - start >= 25) and _go_float(buf[start:i]) is None:
         raise at.fail("invalid float", start)
     return i
+
+
+def _int(text: str) -> int:
+    """``int(text)`` of ``[+-]?[0-9]+`` of any length, as Go reads it (leading zeros are free;
+    Python's ``int`` refuses 4,300+ digits); beyond 20 significant digits: +-10**20."""
+    if len(text) < 20:
+        return int(text)
+    digits = text.lstrip("+-").lstrip("0")
+    value = int(digits or "0") if len(digits) <= 20 else 10**20
+    return -value if text[0] == "-" else value
 
 
 def _go_float(text: str) -> float | None:
@@ -474,7 +484,7 @@ def _scan_time(
         return default_time_ns - default_time_ns % precision_factor
     if raw == "-":
         raise at.fail('strconv.ParseInt: parsing "-": invalid syntax', start)
-    value = int(raw)
+    value = _int(raw)
     if not INT64_MIN <= value <= INT64_MAX:
         raise at.fail(f'strconv.ParseInt: parsing "{raw}": value out of range', start)
     time_ns = value * precision_factor
@@ -592,12 +602,12 @@ def _field_value(raw: str, limits: Limits) -> FieldValue | None:
         if last == "i":
             if not _GO_INT.fullmatch(raw, 0, len(raw) - 1):
                 return None
-            ivalue = int(raw[:-1])
+            ivalue = _int(raw[:-1])
             return ivalue if INT64_MIN <= ivalue <= INT64_MAX else None
         if last == "u":
             if not _GO_UINT.fullmatch(raw, 0, len(raw) - 1):
                 return None
-            uvalue = int(raw[:-1])
+            uvalue = _int(raw[:-1])
             return Unsigned(uvalue) if uvalue <= UINT64_MAX else None
         return _go_float(raw) if _GO_FLOAT.fullmatch(raw) else None
     if raw in _TRUE:

@@ -19,10 +19,11 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from metricsflow.model.lineprotocol import PRECISION_V1, canonicalize
+from metricsflow.model.lineprotocol import PRECISION_V1
 from tests.job.stack import Stack, stack_factory
 from tests.model.influx_diff import deliberate_prefixes, influx, stored
 from tests.model.lp_bodies import Body, bodies
+from tests.model.test_lp_native import canonicalize_checked
 
 __all__ = ["stack_factory"]
 
@@ -76,7 +77,7 @@ async def test_bodies_through_the_pipeline_land_in_the_raw_tier_as_influxdb_stor
                 for b in batch:
                     text = b.text.replace("L§", f"L{len(texts)}")
                     texts.append(text)
-                    ours = canonicalize(
+                    ours = canonicalize_checked(
                         text,
                         precision_factor=PRECISION_V1["s"],
                         default_time_ns=time.time_ns(),

@@ -24,9 +24,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from metricsflow.infra.influxdb import InfluxDBServer
-from metricsflow.model.lineprotocol import PRECISION_V1, Limits, canonicalize
+from metricsflow.model.lineprotocol import PRECISION_V1, Limits
 from tests.model.influx_diff import PREFIX_RE, deliberate_prefixes, diff, influx, stored
 from tests.model.lp_bodies import Body, bodies
+from tests.model.test_lp_native import canonicalize_checked
 
 BODIES_PER_EXAMPLE = 40
 EXAMPLES = 52
@@ -65,7 +66,7 @@ class Run:
             )
             ours: list[str] = []
             for text, b, r in zip(texts, batch, answers, strict=True):
-                result = canonicalize(
+                result = canonicalize_checked(
                     text,
                     precision_factor=PRECISION_V1[b.precision],
                     default_time_ns=time.time_ns(),
