@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -22,8 +21,8 @@ from aiokafka.errors import (
 from gateway.base import KafkaUnavailableError, OverloadedError, ParsedWrite
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
-from metricsflow.model.message import EncodedRecord, encode_lines
-from metricsflow.model.partition import series_hash
+from metricsflow.model.message import EncodedRecord, encode_partitioned
+from metricsflow.model.native import NATIVE
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +39,8 @@ FATAL_PRODUCER_ERRORS: tuple[type[KafkaError], ...] = (
 )
 
 
-#: Lines hashed and encoded between two turns of the event loop.
-_SLICE_LINES = 2_000
+#: Lines hashed and encoded between two turns of the event loop (about 2 ms of CPU either way).
+_SLICE_LINES = 20_000 if NATIVE else 2_000
 
 
 async def encode_by_partition(
@@ -52,17 +51,17 @@ async def encode_by_partition(
     out: list[tuple[int, list[EncodedRecord]]] = []
     total = len(parsed.lines)
     for start in range(0, total, _SLICE_LINES):
-        groups: dict[int, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
         end = start + _SLICE_LINES
-        for key, line in zip(parsed.series_keys[start:end], parsed.lines[start:end], strict=True):
-            keys, lines = groups[series_hash(key) % count]
-            keys.append(key)
-            lines.append(line)
-        for partition, (keys, lines) in groups.items():
-            records = encode_lines(
-                keys, lines, parsed.db, parsed.rp, received_ns=parsed.received_ns
+        out.extend(
+            encode_partitioned(
+                parsed.series_keys[start:end],
+                parsed.lines[start:end],
+                count,
+                parsed.db,
+                parsed.rp,
+                received_ns=parsed.received_ns,
             )
-            out.append((partition, records))
+        )
         if end < total:
             await asyncio.sleep(0)
     return out

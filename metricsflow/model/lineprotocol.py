@@ -64,15 +64,9 @@ from metricsflow.model.lpscan import (
     scan_point,
     split_lines,
 )
+from metricsflow.model.native import NATIVE
+from metricsflow.model.native import native as _native
 from metricsflow.model.point import FieldValue, Point, Unsigned
-
-_native: ModuleType | None
-try:
-    import metricsflow_lp as _native  # the compiled fast path (native/lp, built by make deps)
-except ImportError:  # pragma: no cover - `make deps` builds it; the Python path is the same
-    _native = None
-NATIVE: Final = _native is not None
-"""Whether :func:`canonicalize` runs the compiled scanner."""
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -26,6 +26,8 @@ from metricsflow.model.columnar import (
 from metricsflow.model.escaping import series_key
 from metricsflow.model.lineprotocol import format_point, parse_line
 from metricsflow.model.lpscan import split_lines
+from metricsflow.model.native import native
+from metricsflow.model.partition import series_hash
 from metricsflow.model.point import Point
 
 FORMAT_LP1: Final = "lp1"
@@ -48,6 +50,7 @@ __all__ = [
     "decode_record",
     "encode_chunk",
     "encode_lines",
+    "encode_partitioned",
     "read_headers",
 ]
 
@@ -127,6 +130,57 @@ def encode_lines(
         records.append(EncodedRecord(value, headers, first.encode("utf-8") if single else None))
         start = end
     return records
+
+
+def encode_partitioned(
+    series_keys: Sequence[str],
+    lines: Sequence[str],
+    partitions: int,
+    db: str,
+    rp: str | None = None,
+    *,
+    received_ns: int | None = None,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> list[tuple[int, list[EncodedRecord]]]:
+    """Lines grouped by partition (``series_hash(key) % partitions``, partitions in order of
+    their first line) and each group encoded as :func:`encode_lines` does. Compiled
+    (``metricsflow_lp``) when built; :func:`encode_partitioned_python` is the reference."""
+    if native is not None:
+        found = native.encode_partitioned(list(series_keys), list(lines), partitions, max_bytes)
+        if found is not None:
+            headers = make_headers(db, rp, received_ns)
+            return [
+                (partition, [EncodedRecord(value, headers, key) for value, key in records])
+                for partition, records in found
+            ]
+    return encode_partitioned_python(
+        series_keys, lines, partitions, db, rp, received_ns=received_ns, max_bytes=max_bytes
+    )
+
+
+def encode_partitioned_python(
+    series_keys: Sequence[str],
+    lines: Sequence[str],
+    partitions: int,
+    db: str,
+    rp: str | None = None,
+    *,
+    received_ns: int | None = None,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> list[tuple[int, list[EncodedRecord]]]:
+    """:func:`encode_partitioned` in Python alone."""
+    groups: dict[int, tuple[list[str], list[str]]] = {}
+    for key, line in zip(series_keys, lines, strict=True):
+        partition = series_hash(key) % partitions
+        group = groups.get(partition)
+        if group is None:
+            group = groups[partition] = ([], [])
+        group[0].append(key)
+        group[1].append(line)
+    return [
+        (p, encode_lines(k, ln, db, rp, received_ns=received_ns, max_bytes=max_bytes))
+        for p, (k, ln) in groups.items()
+    ]
 
 
 def encode_chunk(

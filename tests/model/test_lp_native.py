@@ -1,22 +1,28 @@
-"""The compiled line-protocol scanner (``metricsflow_lp``, native/lp) answers exactly as the
-Python canonicalizer, the reference: the same series keys, the same canonical lines, the same
-errors (line, column, reason, text), on generated bodies (escapes, unicode, every field type
-and spelling, edge and missing timestamps, every precision, every error the generators reach)
-and on the cases quoted in the issue.
+"""The compiled fast paths (``metricsflow_lp``, native/lp) answer exactly as their Python
+references.
 
-It must also *settle* lines itself: a body it hands back to Python line by line would pass
-the equivalence and be no faster, so the plain, escaped and unicode lines below must come back
-without a deferred line.
+The line-protocol scanner as the Python canonicalizer: the same series keys, the same
+canonical lines, the same errors (line, column, reason, text), on generated bodies (escapes,
+unicode, every field type and spelling, edge and missing timestamps, every precision, every
+error the generators reach) and on the cases quoted in the issue. It must also *settle* lines
+itself: a body it hands back to Python line by line would pass the equivalence and be no
+faster, so the plain, escaped and unicode lines below must come back without a deferred line.
+
+The record encoder (partition by Kafka's murmur2, pack ``lp1`` values) as
+``encode_partitioned_python``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import metricsflow_lp
 import pytest
+from aiokafka.partitioner import murmur2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from metricsflow.errors import ParseError
+from metricsflow.errors import ParseError, SerializationError
 from metricsflow.model.lineprotocol import (
     NATIVE,
     PRECISION_V1,
@@ -24,6 +30,11 @@ from metricsflow.model.lineprotocol import (
     Limits,
     canonicalize,
     canonicalize_python,
+)
+from metricsflow.model.message import (
+    MAX_RECORD_BYTES,
+    encode_partitioned,
+    encode_partitioned_python,
 )
 from tests.model.lp_bodies import PRECISIONS, TIMESTAMPS, Body, bodies, name_part
 
@@ -221,3 +232,36 @@ def test_integers_of_thousands_of_digits_are_read_as_go_reads_them() -> None:
     result = canonicalize_checked(f"m v={zeros}1i,w={zeros}2 {zeros}3\nm v={'9' * 5_000}i 1")
     assert result.lines == [f"m v={zeros}1i,w={zeros}2 3"]
     assert [e.line for e in result.errors] == [2]
+
+
+_KEYS = st.sampled_from(["cpu,host=a", "cpu,host=b", "mém,hôst=😀", "m", "disk,path=/x\\ y"])
+_LINES = st.text(st.sampled_from([*"ab =,\n\\é😀"]), min_size=1, max_size=30)
+
+
+@settings(EQUIVALENCE, max_examples=300)
+@given(
+    st.lists(st.tuples(_KEYS, _LINES), max_size=40),
+    st.integers(1, 7),
+    st.sampled_from([40, 64, 200, MAX_RECORD_BYTES]),
+    st.sampled_from([None, "autogen"]),
+)
+def test_records_are_partitioned_and_packed_as_the_python_reference(
+    pairs: list[tuple[str, str]], partitions: int, max_bytes: int, rp: str | None
+) -> None:
+    keys = [k for k, _ in pairs]
+    lines = [f"{k} v={ln}" for k, ln in pairs]
+    kw = {"received_ns": 7, "max_bytes": max_bytes}
+
+    def encode(fn: Any) -> Any:
+        try:
+            return fn(keys, lines, partitions, "db", rp, **kw)
+        except SerializationError as exc:
+            return str(exc)
+
+    assert encode(encode_partitioned) == encode(encode_partitioned_python)
+
+
+@settings(EQUIVALENCE, max_examples=300)
+@given(st.binary(max_size=70))
+def test_the_compiled_murmur2_is_kafkas(data: bytes) -> None:
+    assert metricsflow_lp.murmur2(data) == int(murmur2(data)) & 0x7FFFFFFF

@@ -7,6 +7,7 @@
 //! (every refused line, and a few rare cases) are returned as *deferred* for the Python exact
 //! scanner. See `scan.rs` for the rules.
 
+mod records;
 mod scan;
 
 use std::borrow::Cow;
@@ -244,8 +245,16 @@ fn as_str<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
     PyString::new(py, std::str::from_utf8(bytes).expect("utf-8"))
 }
 
+/// Kafka's murmur2 of `data`, made positive (`toPositive(murmur2(data))`).
+#[pyfunction]
+fn murmur2(data: &[u8]) -> u32 {
+    records::murmur2_positive(data)
+}
+
 #[pymodule]
 fn metricsflow_lp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(canonicalize, m)?)?;
+    m.add_function(wrap_pyfunction!(records::encode_partitioned, m)?)?;
+    m.add_function(wrap_pyfunction!(murmur2, m)?)?;
     Ok(())
 }
