@@ -310,10 +310,22 @@ def test_invalid_utf8_refuses_its_line_with_its_position() -> None:
 
 line_chars = st.sampled_from([*list('abc=, "\\1.0-9eiuTtf#\t\n'), "é", "time"])
 line_text = st.lists(line_chars, max_size=25).map("".join)
+
+
+def _representable(point: Point) -> bool:
+    """A field key like ``\\,`` has no line-protocol form (format_point refuses it)."""
+    try:
+        format_point(point)
+    except SerializationError:
+        return False
+    return True
+
+
+formatted_points = points.filter(_representable).map(format_point)
 mutated_lines = st.one_of(
     line_text,
-    points.map(format_point),
-    st.tuples(points.map(format_point), st.integers(0, 40), line_text).map(
+    formatted_points,
+    st.tuples(formatted_points, st.integers(0, 40), line_text).map(
         lambda t: t[0][: t[1]] + t[2] + t[0][t[1] :]
     ),
 )
