@@ -123,61 +123,118 @@ def _fields(analysis: Analysis, name: Any) -> list[Field]:
     ]
 
 
+def cover(
+    lo: int, hi: int, finer: Sequence[TierSpec], now_ns: int, lag_ns: int
+) -> list[tuple[TierSpec | None, int, int]]:
+    """Pieces ``(tier or None for raw, start, end)`` covering ``[lo, hi)``: the whole windows
+    of the coarsest of the ``finer`` tiers (coarse to fine) that the worker has written and
+    the tier still keeps, the rest recursively from finer tiers, raw last. So a range edge
+    reads at most one window of each finer tier's worth of raw points, not one of the chosen
+    tier (a day of raw values at the 1d tier)."""
+    if lo >= hi:
+        return []
+    for i, tier in enumerate(finer):
+        size = tier.window_ns
+        if tier.retention_ns and lo < now_ns - tier.retention_ns:
+            continue
+        x = -(-lo // size) * size
+        y = (min(hi, now_ns - lag_ns) // size) * size
+        if x < y:
+            rest = finer[i + 1 :]
+            return [
+                *cover(lo, x, rest, now_ns, lag_ns),
+                (tier, x, y),
+                *cover(y, hi, rest, now_ns, lag_ns),
+            ]
+    return [(None, lo, hi)]
+
+
 def build_function_parts(
-    analysis: Analysis, tier: TierSpec, now_ns: int, lag_ns: int = 0
+    analysis: Analysis,
+    tier: TierSpec,
+    now_ns: int,
+    lag_ns: int = 0,
+    tiers: Sequence[TierSpec] = (),
 ) -> list[FunctionPart]:
     """The InfluxDB statements of a percentile or counter plan, each returning one column
-    ``c<i>`` per component of ``analysis.components``."""
+    ``c<i>`` per component of ``analysis.components``. The range edges outside the chosen
+    tier's whole windows are read from the finer ``tiers`` where they can be (:func:`cover`)."""
     a, b = body_range(analysis, tier.window_ns, now_ns, lag_ns)
+    finer = sorted(
+        (t for t in tiers if t.name != RAW_TIER and 0 < t.window_ns < tier.window_ns),
+        key=lambda t: -t.window_ns,
+    )
     src = analysis.source
-    tier_src = Measurement(name=src.name, database=src.database, retention_policy=tier.name)
     start, end = analysis.start_ns, analysis.end_ns
     tags = analysis.tag_dimensions
     timed = (TimeDimension(DurationLit(analysis.interval_ns)), *tags)
+
+    def source(t: TierSpec | None) -> Measurement:
+        if t is None:
+            return src
+        return Measurement(name=src.name, database=src.database, retention_policy=t.name)
+
+    def pieces(lo: int, hi: int) -> list[tuple[TierSpec | None, int, int]]:
+        return cover(lo, hi, finer, now_ns, lag_ns)
+
     raw_values = _fields(analysis, lambda _c, f: VarRef(f))
     parts: list[FunctionPart] = []
     if analysis.kind == KIND_PERCENTILE:
-        tier_values = _fields(analysis, lambda c, f: VarRef(tier_field_name(c, f)))
-        if start < a:
-            sql = _statement(analysis, src, raw_values, start, a, tags, None)
-            parts.append(FunctionPart("head", RAW_TIER, sql))
-        sql = _statement(analysis, tier_src, tier_values, a, b, tags, None)
-        parts.append(FunctionPart("body", tier.name, sql))
-        if b < end:
-            parts.append(
-                FunctionPart(
-                    "tail", RAW_TIER, _statement(analysis, src, raw_values, b, end, tags, None)
-                )
-            )
+        sketch_values = _fields(analysis, lambda c, f: VarRef(tier_field_name(c, f)))
+        edges = [*pieces(start, a), (tier, a, b), *pieces(b, end)]
+        for t, lo, hi in edges:
+            fields = raw_values if t is None else sketch_values
+            sql = _statement(analysis, source(t), fields, lo, hi, tags, None)
+            parts.append(FunctionPart("raw" if t is None else "body", _name(t), sql))
         return parts
     if analysis.kind != KIND_COUNTER:
         raise UnrewritableQueryError(f"not a percentile or counter statement: {analysis.kind}")
     every = (WildcardDimension(),)
     interval = analysis.interval_ns
     first_bucket = start - start % interval
-    counts = _fields(analysis, lambda _c, f: Call("count", (VarRef(f),)))
+    raw_counts = _fields(analysis, lambda _c, f: Call("count", (VarRef(f),)))
+    tier_counts = _fields(
+        analysis, lambda _c, f: Call("sum", (VarRef(tier_field_name("count", f)),))
+    )
     sums = _fields(analysis, lambda c, f: Call("sum", (VarRef(tier_field_name(c, f)),)))
+    lasts = _fields(analysis, lambda _c, f: Call("last", (VarRef(tier_field_name("last", f)),)))
+
+    def counted(role: str, lo: int, hi: int) -> None:
+        for t, p_lo, p_hi in pieces(lo, hi):
+            fields = raw_counts if t is None else tier_counts
+            sql = _statement(analysis, source(t), fields, p_lo, p_hi, timed, Fill("none"))
+            parts.append(FunctionPart(role, _name(t), sql))
+
     # InfluxDB reads from one interval before the range start for difference()/derivative()
     # and gives a row to every interval holding a sample of what it read except the first.
-    sql = _statement(analysis, src, counts, start - interval, start, timed, Fill("none"))
-    parts.append(FunctionPart("before_count", RAW_TIER, sql))
-    if start < a:
-        sql = _statement(analysis, src, counts, start, a, timed, Fill("none"))
-        parts.append(FunctionPart("head_count", RAW_TIER, sql))
+    counted("before_count", start - interval, start)
+    counted("head_count", start, a)
     if first_bucket < a:
         # The first interval's increase is that of its whole windows, as InfluxDB's first
         # difference is its last sample minus the last one before the interval.
-        sql = _statement(analysis, tier_src, sums, first_bucket, a, timed, Fill("none"))
+        sql = _statement(analysis, source(tier), sums, first_bucket, a, timed, Fill("none"))
         parts.append(FunctionPart("head_increase", tier.name, sql))
-    sql = _statement(analysis, tier_src, sums, a, b, timed, Fill("none"))
+    sql = _statement(analysis, source(tier), sums, a, b, timed, Fill("none"))
     parts.append(FunctionPart("body", tier.name, sql))
-    if b < end:
-        lasts = _fields(analysis, lambda _c, f: Call("last", (VarRef(tier_field_name("last", f)),)))
-        sql = _statement(analysis, tier_src, lasts, first_bucket, b, every, None)
-        parts.append(FunctionPart("previous", tier.name, sql))
-        sql = _statement(analysis, src, raw_values, b, end, every, None)
-        parts.append(FunctionPart("tail", RAW_TIER, sql))
+    if b >= end:
+        return parts
+    # The tail: finer tiers' increases, then raw samples from the last sample before them.
+    sql = _statement(analysis, source(tier), lasts, first_bucket, b, every, None)
+    parts.append(FunctionPart("previous", tier.name, sql))
+    for t, lo, hi in pieces(b, end):
+        if t is None:
+            sql = _statement(analysis, src, raw_values, lo, hi, every, None)
+            parts.append(FunctionPart("tail", RAW_TIER, sql))
+            continue
+        sql = _statement(analysis, source(t), sums, lo, hi, timed, Fill("none"))
+        parts.append(FunctionPart("body", t.name, sql))
+        sql = _statement(analysis, source(t), lasts, lo, hi, every, None)
+        parts.append(FunctionPart("previous", t.name, sql))
     return parts
+
+
+def _name(tier: TierSpec | None) -> str:
+    return RAW_TIER if tier is None else tier.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,12 +342,27 @@ def merge_counter_parts(
     increase: dict[tuple[tuple[str, TagSet], int, int], float] = defaultdict(float)
     holding: dict[tuple[tuple[str, TagSet], int], set[int]] = defaultdict(set)
     previous: dict[tuple[str, TagSet], list[Any]] = {}
-    by_role = dict(zip((p.role for p in parts), results, strict=True))
-    for s in by_role.get("previous", []):
-        previous[s.key] = list(s.values[0][1 : 1 + width]) if s.values else [None] * width
-    for role in ("before_count", "head_count", "head_increase", "body"):
-        for s in by_role.get(role, []):
+    for part, part_series in zip(parts, results, strict=True):
+        role = part.role
+        for s in part_series:
+            if role == "previous":  # parts in time order: the latest non-null wins
+                last = previous.setdefault(s.key, [None] * width)
+                for j, value in enumerate(s.values[0][1 : 1 + width] if s.values else []):
+                    if value is not None:
+                        last[j] = value
+                continue
             group = _group_of(s, keys)
+            if role == "tail":
+                last = previous.get(s.key, [None] * width)
+                for part_row in s.values:
+                    t = _bucket(int(part_row[0]), interval)
+                    for j, value in enumerate(part_row[1 : 1 + width]):
+                        if not isinstance(value, int | float) or isinstance(value, bool):
+                            continue
+                        holding[(group, j)].add(t)
+                        increase[(group, t, j)] += _increase(last[j], float(value))
+                        last[j] = float(value)
+                continue
             for part_row in s.values:
                 t = _bucket(int(part_row[0]), interval)
                 for j, value in enumerate(part_row[1 : 1 + width]):
@@ -300,17 +372,6 @@ def merge_counter_parts(
                         holding[(group, j)].add(t)
                     if role in ("head_increase", "body"):
                         increase[(group, t, j)] += float(value)
-    for s in by_role.get("tail", []):
-        group = _group_of(s, keys)
-        last = previous.get(s.key, [None] * width)
-        for row in s.values:
-            t = _bucket(int(row[0]), interval)
-            for j, value in enumerate(row[1 : 1 + width]):
-                if not isinstance(value, int | float) or isinstance(value, bool):
-                    continue
-                holding[(group, j)].add(t)
-                increase[(group, t, j)] += _increase(last[j], float(value))
-                last[j] = float(value)
     index = {key: i for i, key in enumerate(analysis.components)}
     groups = sorted({g for g, _ in holding})
     first = {key: min(times) for key, times in holding.items()}

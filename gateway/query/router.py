@@ -294,7 +294,7 @@ class QueryService:
         missing = required_tier_fields(analysis) - fields
         if missing:
             raise UnrewritableQueryError(f"tier {tier.name!r} has no field {sorted(missing)}")
-        parts = build_function_parts(analysis, tier, now_ns, self.lag_ns)
+        parts = build_function_parts(analysis, tier, now_ns, self.lag_ns, self.tiers)
         keys = group_keys(analysis, tag_keys)
         logger.debug("query to tier=%s kind=%s parts=%d", tier.name, analysis.kind, len(parts))
         return Plan(analysis, tier.name, [], tuple(parts), keys)
