@@ -1,17 +1,18 @@
 """Series churn (issue 12): does state stay bounded when series come and go?
 
 Monitoring data churns (pods, containers, short-lived jobs). Each round replaces every
-series by ``--series`` new ones (default 5,000; issue 12 asks for 50,000, which takes long on
-a shared 2-core machine), with 4 points each spread over one day of
-event time, so that every window of a round's series (the 1d one included) closes during the
-next round: a series that stopped reporting can leave the state once its last window can no
-longer change. After each round the cascade (watermarks -> 1m -> 1h -> 1d, heap or RocksDB)
-takes a checkpoint; the benchmark reports the process RSS, the state the checkpoint
-references and the time to restore it into fresh operators, and the ratios round 20 / round 2
-(the target of issue 12 is <= 1.15 for all three).
+series by ``--series`` new ones (default 50,000, issue 12's size), with 4 points each spread
+over one day of event time, so that every window of a round's series (the 1d one included)
+closes during the next round: a series that stopped reporting can leave the state once its
+last window can no longer change. After each round the cascade (watermarks -> 1m -> 1h ->
+1d, heap or RocksDB) takes a checkpoint; the benchmark reports the process RSS, the state
+the checkpoint references and the time to restore it into fresh operators, and the ratios
+round 20 / round 2 (the target of issue 12 is <= 1.15 for all three). Restore time is the
+fastest of ``--restore-repeats`` restores (default 3; wall clock, and CPU time of the
+process).
 
-    .venv/bin/python bench/bench_churn.py                  # heap and rocksdb, 20 x 5,000
-    .venv/bin/python bench/bench_churn.py --series 50000   # issue 12's size
+    .venv/bin/python bench/bench_churn.py                  # heap and rocksdb, 20 x 50,000
+    .venv/bin/python bench/bench_churn.py --series 5000    # quicker
     .venv/bin/python bench/bench_churn.py --child heap     # one backend (the parent runs this)
 
 Each backend runs in its own process (RSS is per process). Writes ``bench/results/churn.json``.
@@ -145,7 +146,7 @@ def round_batches(r: int, series: int, rows_per_batch: int) -> list[RecordBatch]
     ]
 
 
-def child(kind: str, rounds: int, series: int) -> list[dict[str, Any]]:
+def child(kind: str, rounds: int, series: int, repeats: int) -> list[dict[str, Any]]:
     root = tempfile.mkdtemp(prefix=f"mf-churn-{kind}-")
     storage = FsCheckpointStorage(f"{root}/checkpoints")
     live = Pipeline(kind, storage, f"{root}/local", "live")
@@ -158,11 +159,15 @@ def child(kind: str, rounds: int, series: int) -> list[dict[str, Any]]:
         gc.collect()
         rss = rss_bytes()
         size = sum(f.size for hs in handles for h in hs for f in (*h.private, *h.shared))
-        started = time.perf_counter()
-        fresh = Pipeline(kind, storage, f"{root}/local", f"restore{r}")
-        fresh.restore(handles)
-        restore_s = time.perf_counter() - started
-        fresh.close()
+        walls, cpus = [], []
+        for attempt in range(repeats):  # best of: the machine is shared, timings are noisy
+            started, cpu_started = time.perf_counter(), time.process_time()
+            fresh = Pipeline(kind, storage, f"{root}/local", f"restore{r}-{attempt}")
+            fresh.restore(handles)
+            walls.append(time.perf_counter() - started)
+            cpus.append(time.process_time() - cpu_started)
+            fresh.close()
+        restore_s, restore_cpu_s = min(walls), min(cpus)
         rows.append(
             {
                 "backend": kind,
@@ -170,11 +175,13 @@ def child(kind: str, rounds: int, series: int) -> list[dict[str, Any]]:
                 "rss_bytes": rss,
                 "checkpoint_bytes": size,
                 "restore_ms": restore_s * 1e3,
+                "restore_cpu_ms": restore_cpu_s * 1e3,
             }
         )
         print(
             f"{kind:8} round {r:2}  RSS {rss / 2**20:8.1f} MiB  checkpoint "
-            f"{size / 1e6:8.2f} MB  restore {restore_s * 1e3:8.1f} ms",
+            f"{size / 1e6:8.2f} MB  restore {restore_s * 1e3:8.1f} ms "
+            f"(CPU {restore_cpu_s * 1e3:8.1f} ms)",
             file=sys.stderr,
             flush=True,
         )
@@ -185,11 +192,14 @@ def child(kind: str, rounds: int, series: int) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--series", type=int, default=5_000)
+    parser.add_argument("--series", type=int, default=50_000)
     parser.add_argument("--child", choices=["heap", "rocksdb"])
+    parser.add_argument(
+        "--restore-repeats", type=int, default=3, help="restores per round, the fastest counts"
+    )
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.rounds, args.series)))
+        print(json.dumps(child(args.child, args.rounds, args.series, args.restore_repeats)))
         return
     rows: list[dict[str, Any]] = []
     for kind in ("heap", "rocksdb"):
@@ -203,6 +213,8 @@ def main() -> None:
                 str(args.rounds),
                 "--series",
                 str(args.series),
+                "--restore-repeats",
+                str(args.restore_repeats),
             ],
             check=True,
             capture_output=True,
@@ -222,13 +234,15 @@ def main() -> None:
             "rss": b["rss_bytes"] / a["rss_bytes"],
             "checkpoint": b["checkpoint_bytes"] / a["checkpoint_bytes"],
             "restore": b["restore_ms"] / a["restore_ms"],
+            "restore_cpu": b["restore_cpu_ms"] / a["restore_cpu_ms"],
         }
         ratios[kind] = ratio
         print(
             f"{kind:8} {a['rss_bytes'] / 2**20:7.0f}Mi {b['rss_bytes'] / 2**20:7.0f}Mi "
             f"{a['checkpoint_bytes'] / 1e6:7.1f}MB {b['checkpoint_bytes'] / 1e6:7.1f}MB "
             f"{a['restore_ms']:9.0f}ms {b['restore_ms']:9.0f}ms  rss x{ratio['rss']:.2f} "
-            f"checkpoint x{ratio['checkpoint']:.2f} restore x{ratio['restore']:.2f}"
+            f"checkpoint x{ratio['checkpoint']:.2f} restore x{ratio['restore']:.2f} "
+            f"(CPU x{ratio['restore_cpu']:.2f})"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(

@@ -108,6 +108,9 @@ class KafkaSourceConfig:
         return self.dead_letter_topic or f"{self.topic}.dlq"
 
 
+_UNKNOWN_RECEIVED = 2**63 - 1
+
+
 def received_ns(header_ns: int | None, record: Any) -> int:
     """When the point was received: the gateway's ``mf-received-ns`` header, else the Kafka
     record's timestamp (ms; the producer's send time). Both are stored in the log, so a replay
@@ -117,7 +120,7 @@ def received_ns(header_ns: int | None, record: Any) -> int:
     timestamp_ms = getattr(record, "timestamp", None)
     if isinstance(timestamp_ms, int) and timestamp_ms >= 0:
         return timestamp_ms * 1_000_000
-    return 2**63 - 1  # unknown: never treated as a future point
+    return _UNKNOWN_RECEIVED  # never treated as a future point
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -323,10 +326,10 @@ class KafkaPartitionReader(SourceReader):
         self._closed = False
         self._paused = False
         self._caught_up = False
-        # One append-only key dictionary per partition for the reader's lifetime: batches
-        # carry ids into a key tuple that only grows, so the window operator maps only keys
-        # it has not seen (a new reader after reassignment starts fresh; the operator maps
-        # into its own restored ids).
+        # One key dictionary per partition: batches carry ids into a key tuple that grows,
+        # so the window operator maps only keys it has not seen (a new reader after
+        # reassignment starts fresh; the operator maps into its own restored ids). It forgets
+        # its keys when many stopped reporting (WindowKeyIndex.sweep, after each fetch).
         self._keys = WindowKeyIndex()
         self._nul_series: set[int] = set()
         self._nul_fields: set[int] = set()
@@ -454,6 +457,7 @@ class KafkaPartitionReader(SourceReader):
         self._fetched = records
         self._fetch_range = PositionRange(int(records[0].offset), int(records[-1].offset) + 1)
         isolation = self._isolation
+        newest_received = None
         for record in records:
             if isolation is not None and isolation.is_poison(self.key_group, int(record.offset)):
                 isolation.note_skipped()  # dead-lettered when it was judged; never again
@@ -494,7 +498,10 @@ class KafkaPartitionReader(SourceReader):
             idx_parts.append(self._keys.ids(meta.db, cols))
             ts_parts.append(cols.time_ns)
             val_parts.append(cols.values)
-            rec_parts.append(np.full(n, received_ns(meta.received_ns, record), dtype=np.int64))
+            received = received_ns(meta.received_ns, record)
+            rec_parts.append(np.full(n, received, dtype=np.int64))
+            if received < _UNKNOWN_RECEIVED and (newest_received or 0) < received:
+                newest_received = received
         for db, (lines, count) in raw_by_db.items():
             self._pending.append(RawLinesBatch(self.key_group, db, b"\n".join(lines), count))
         if idx_parts:
@@ -508,6 +515,8 @@ class KafkaPartitionReader(SourceReader):
                     received_ns=np.concatenate(rec_parts),
                 )
             )
+        if newest_received is not None:  # series churn; the batches keep the tuple they carry
+            self._keys.sweep(newest_received)
         end = int(records[-1].offset) + 1
         if self._pending:
             self._pending_end_offset = end

@@ -28,7 +28,8 @@ def build_cascade(
     ``f"{uid_prefix}-{tier.name}"``. With ``corrections`` (where re-derived windows come
     back), windows whose state is gone are corrected instead of left as they were.
     ``metrics``: shared counters per tier name (else each operator counts for itself).
-    ``field_kinds``: which fields get counter and sketch columns (none when ``None``).
+    ``field_kinds``: which fields get counter and sketch columns (none when ``None``). A
+    counter's last sample is kept for as long as the raw tier keeps it (its retention).
     """
     specs = validate_tiers(tuple(tiers))
     operators: list[TierWindowOperator] = []
@@ -45,6 +46,7 @@ def build_cascade(
                 corrections=corrections,
                 metrics=None if metrics is None else metrics.get(tier.name),
                 field_kinds=field_kinds,
+                counter_horizon_ns=specs[0].retention_ns,
             )
         )
         previous = tier.window_ns

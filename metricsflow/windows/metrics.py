@@ -26,3 +26,5 @@ class TierWindowMetrics:
     """sum over corrections of (emitted - requested) wall time; with ``corrections``"""
     corrections: int = 0
     correction_lag_ns_max: int = 0
+    expired_keys: int = 0
+    """keys dropped from the key dictionary: all their windows purged (keys.py, expiry)"""

@@ -16,8 +16,9 @@ State layout, per key group, in the operator's ``KeyedStateBackend``:
 
 ``window-chunks``  key ``be(window_end) + be(seq)`` -> ``ColumnarChunk`` of the rows one batch
                    brought to one window, sorted by (key id, identity), deduplicated
-``window-keys``    key ``be32(first id)`` -> ``ColumnarChunk(keys=...)``: the key dictionary,
-                   append-only (window key string <-> int32 id)
+``window-keys``    key ``be32(first id)`` -> ``ColumnarChunk(keys=...)``: the key dictionary
+                   (window key string <-> int32 id); keys whose windows are all purged
+                   expire (keys.py :class:`~metricsflow.windows.keys.WindowKeys`)
 ``window-meta``    ``watermark`` and ``next-seq`` (int64)
 
 Firing is a range scan of ``window-chunks`` up to the watermark; all the work per batch and per
@@ -69,13 +70,13 @@ from metricsflow.windows.corrections import (
 )
 from metricsflow.windows.counters import LastSamples
 from metricsflow.windows.kernels import Chunk, Int32Array, Int64Array
-from metricsflow.windows.keys import KeyDictionary, KeyMapping
+from metricsflow.windows.keys import STATE_CHUNKS, STATE_KEYS, KeyMapping, WindowKeys
 from metricsflow.windows.metrics import TierWindowMetrics
 
 logger = logging.getLogger(__name__)
 
-STATE_CHUNKS = "window-chunks"
-STATE_KEYS = "window-keys"
+__all__ = ["STATE_CHUNKS", "STATE_KEYS", "STATE_META", "TierWindowMetrics", "TierWindowOperator"]
+
 STATE_META = "window-meta"
 STATE_COUNTERS = "window-counters"
 _COUNTERS_LAST = b"last"
@@ -95,11 +96,9 @@ def chunk_key(window_end_ns: int, seq: int) -> bytes:
 class _KeyGroup:
     watermark_ns: int | None = None
     next_seq: int = 0
-    dictionary: KeyDictionary = field(default_factory=KeyDictionary)
-    """window key string <-> int32 id (persisted in ``window-keys``); its ``keys`` snapshot is
-    the ``keys`` of every AggregateBatch this key group emits"""
-    mapping: KeyMapping = field(default_factory=KeyMapping)
-    """the upstream's key tuples -> ids of ``dictionary`` (cached, see keys.py)"""
+    keys: WindowKeys = field(default_factory=WindowKeys)
+    """window key string <-> int32 id (persisted in ``window-keys``, expiring); its ``keys``
+    snapshot is the ``keys`` of every AggregateBatch this key group emits"""
     correction_seq: int = 0
     resubmit: bool = False
     """pending corrections restored from a checkpoint, to request again at the next tick"""
@@ -116,7 +115,9 @@ class TierWindowOperator(Operator):
     how long after a window fired late rows still update it (must not decrease along a
     cascade, see :func:`build_cascade`). ``input_window_ns``: 0 when the input is raw points
     (``RecordBatch``), else the window size of the finer tier whose ``AggregateBatch`` rows
-    come in (it must divide this tier's window).
+    come in (it must divide this tier's window). ``counter_horizon_ns``: how long (event
+    time) a counter's last sample is kept for pairing after its windows are purged, which
+    keeps its key too (0: for ever; :func:`build_cascade` passes the raw tier's retention).
 
     Emits one ``AggregateBatch`` per watermark that fired windows (then forwards the
     watermark), one per batch that updated already-fired windows, and the raw points beyond
@@ -134,6 +135,7 @@ class TierWindowOperator(Operator):
         corrections: CorrectionInbox | None = None,
         metrics: TierWindowMetrics | None = None,
         field_kinds: FieldKinds | None = None,
+        counter_horizon_ns: int = 0,
     ) -> None:
         super().__init__(uid)
         if tier.name == RAW_TIER or tier.window_ns <= 0:
@@ -156,6 +158,7 @@ class TierWindowOperator(Operator):
         self.corrections = corrections
         self.metrics = metrics if metrics is not None else TierWindowMetrics()
         self.field_kinds = field_kinds
+        self.counter_horizon_ns = counter_horizon_ns
         self._raw = input_window_ns == 0
         self._unit_ns = input_window_ns or 1
         self._groups: dict[int, _KeyGroup] = {}
@@ -227,8 +230,7 @@ class TierWindowOperator(Operator):
         group.resubmit = self.corrections is not None and any(
             True for _ in backend.scan(kg, STATE_PENDING)
         )
-        for _, entry in backend.scan(kg, STATE_KEYS):
-            group.dictionary.add(entry.keys)
+        group.keys = WindowKeys.load(backend, kg)
         return group
 
     def _group(self, kg: int) -> _KeyGroup:
@@ -242,20 +244,6 @@ class TierWindowOperator(Operator):
         group = self._groups.get(key_group)
         return None if group is None else group.watermark_ns
 
-    # -- key dictionary -------------------------------------------------------------------
-    def _map_keys(self, kg: int, group: _KeyGroup, keys: tuple[str, ...]) -> Int32Array:
-        """Ids of ``keys``: only keys this mapping has not seen cost a lookup (upstream tiers
-        and the Kafka source hand over one growing :class:`KeyTuple` per key group), and only
-        keys new to the dictionary are persisted."""
-        dictionary = group.dictionary
-        first = len(dictionary)
-        mapping = group.mapping.map(keys, dictionary)
-        if len(dictionary) > first:
-            backend, _ = self._state()
-            new = dictionary.keys_from(first)
-            backend.put(kg, STATE_KEYS, first.to_bytes(4, "big"), ColumnarChunk({}, tuple(new)))
-        return mapping
-
     # -- input ----------------------------------------------------------------------------
     def process_batch(
         self, batch: RecordBatch | AggregateBatch | RawLinesBatch, output: Output
@@ -266,7 +254,7 @@ class TierWindowOperator(Operator):
             return
         kg = batch.key_group
         group = self._group(kg)
-        ids = self._map_keys(kg, group, batch.keys)[batch.key_idx]
+        ids = group.keys.map(self._state()[0], kg, batch.keys, batch.key_idx)
         cols: Chunk
         bins = None
         if isinstance(batch, RecordBatch):
@@ -342,6 +330,7 @@ class TierWindowOperator(Operator):
             rows_index = order if index is None else index[order]
             rows = kernels.take(cols, rows_index)
             rows = aggregates.with_bins(rows, aggregates.select_bins(bins, rows_index, n_rows))
+            group.keys.touch(k, window_end)
             backend.put(kg, STATE_CHUNKS, chunk_key(window_end, seq), ColumnarChunk(rows))
             seq += 1
         group.next_seq = seq
@@ -352,7 +341,7 @@ class TierWindowOperator(Operator):
     def _refire(self, kg: int, group: _KeyGroup, refire: list[int], output: Output) -> None:
         """Emit fired windows again. A counter's change at ``t`` also changes the window of
         its next sample: on the raw tier every later fired window goes out again too."""
-        kind = group.kinds.of(group.dictionary.keys)
+        kind = group.kinds.of(group.keys.keys)
         wm = group.watermark_ns
         if self._raw and kind is not None and group.kinds.any_counter and wm is not None:
             refire = sorted(set(refire) | set(self._fired_ends(kg, refire[0], wm)))
@@ -402,7 +391,7 @@ class TierWindowOperator(Operator):
             )
         if self.corrections is not None:
             self._request_correction(kg, group, ids, ends, output)
-        kind = group.kinds.of(group.dictionary.keys)
+        kind = group.kinds.of(group.keys.keys)
         if not (self._raw and kind is not None and group.watermark_ns is not None):
             return False
         purged = ends <= group.watermark_ns - self.allowed_lateness_ns
@@ -413,6 +402,28 @@ class TierWindowOperator(Operator):
             return False
         self._set_frontier(kg, group, moved)
         return True
+
+    def _expire(self, kg: int, group: _KeyGroup, purged_through_ns: int) -> None:
+        """State expiry (keys.py). A counter's last sample (``window-counters``) keeps its key
+        for ``counter_horizon_ns`` (its next sample pairs with it); that state is renumbered
+        with the dictionary."""
+        backend, _ = self._state()
+        frontier = group.frontier
+        if frontier is not None and self.counter_horizon_ns and frontier.key_id.shape[0]:
+            fresh = frontier.t_ns > purged_through_ns - self.counter_horizon_ns
+            if not bool(fresh.all()):  # as old as raw's retention: InfluxDB forgets it too
+                frontier = LastSamples(
+                    frontier.key_id[fresh], frontier.t_ns[fresh], frontier.value[fresh]
+                )
+                self._set_frontier(kg, group, frontier)
+        keep = None if frontier is None else frontier.key_id
+        remap = group.keys.expire(backend, kg, purged_through_ns, keep)
+        if remap is None:
+            return
+        self.metrics.expired_keys += int(np.count_nonzero(remap < 0))
+        if frontier is not None and frontier.key_id.shape[0]:
+            moved = LastSamples(remap[frontier.key_id], frontier.t_ns, frontier.value)
+            self._set_frontier(kg, group, moved)
 
     def _set_frontier(self, kg: int, group: _KeyGroup, frontier: LastSamples | None) -> None:
         if frontier is None or frontier is group.frontier:
@@ -431,6 +442,7 @@ class TierWindowOperator(Operator):
         group.correction_seq += 1
         backend.put(kg, STATE_META, _META_CORRECTION_SEQ, group.correction_seq)
         key_ids, window_ends = record_pending(backend, kg, ids, ends, group.correction_seq)
+        group.keys.pin(key_ids)
         self._emit_request(kg, group, key_ids, window_ends, group.correction_seq, output)
 
     def _emit_request(
@@ -450,7 +462,7 @@ class TierWindowOperator(Operator):
                 tier=self.tier.name,
                 window_ns=self.window_ns,
                 source_tier=self.input_tier,
-                keys=group.dictionary.keys,
+                keys=group.keys.keys,
                 key_idx=ids.astype(np.int32),
                 window_start_ns=ends.astype(np.int64) - self.window_ns,
                 seq=seq,
@@ -491,13 +503,13 @@ class TierWindowOperator(Operator):
         batch = result.batch
         backend, _ = self._state()
         if len(batch):
-            ids = self._map_keys(kg, group, batch.keys)[batch.key_idx]
+            ids = group.keys.map(backend, kg, batch.keys, batch.key_idx, KeyMapping())
             settle_pending(backend, kg, ids, batch.window_start_ns + self.window_ns, result.seq)
             self.metrics.corrected_rows += len(batch)
-            output.emit(replace(batch, keys=group.dictionary.keys, key_idx=ids))
+            output.emit(replace(batch, keys=group.keys.keys, key_idx=ids))
         if result.empty_keys:  # nothing in InfluxDB for these (e.g. beyond raw retention)
             known = [
-                (group.dictionary.get(k), s)
+                (group.keys.dictionary.get(k), s)
                 for k, s in zip(result.empty_keys, result.empty_window_start_ns, strict=True)
             ]
             pairs = [(k, s + self.window_ns) for k, s in known if k is not None]
@@ -529,13 +541,14 @@ class TierWindowOperator(Operator):
         if windows:
             self._emit(kg, group, windows, output, reemission=False)
         purge_to = encode_time(wm - self.allowed_lateness_ns + 1)
-        kind = group.kinds.of(group.dictionary.keys)
+        kind = group.kinds.of(group.keys.keys)
         if self._raw and kind is not None and group.kinds.any_counter:
             purged = self._chunks(kg, None, purge_to)
             if purged:  # their counters' last samples pair with the next windows' first
                 last = aggregates.window_last(purged, kind, self._unit_ns)
                 self._set_frontier(kg, group, aggregates.merge_last(group.frontier, last))
         backend.delete_range(kg, STATE_CHUNKS, None, purge_to)
+        self._expire(kg, group, wm - self.allowed_lateness_ns)
         output.emit_watermark(watermark)
 
     def _scan(self, kg: int, start: bytes | None, stop: bytes | None) -> list[tuple[bytes, Any]]:
@@ -566,7 +579,7 @@ class TierWindowOperator(Operator):
     def _aggregate(
         self, kg: int, group: _KeyGroup, windows: list[tuple[int, list[Chunk]]]
     ) -> AggregateBatch | None:
-        kind = group.kinds.of(group.dictionary.keys)
+        kind = group.kinds.of(group.keys.keys)
         previous = None
         if self._raw and kind is not None and group.kinds.any_counter and windows:
             earlier = self._chunks(kg, None, encode_time(windows[0][0]))
@@ -583,7 +596,7 @@ class TierWindowOperator(Operator):
             key_group=kg,
             tier=self.tier.name,
             window_ns=self.window_ns,
-            keys=group.dictionary.keys,
+            keys=group.keys.keys,
             key_idx=r["k"],
             window_start_ns=r["start"],
             count=r["c"],

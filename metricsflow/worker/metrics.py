@@ -110,13 +110,21 @@ class WorkerCollector(Collector):
             "Tier rows re-derived from InfluxDB because their window's state was gone.",
             labels=["tier"],
         )
+        expired = CounterMetricFamily(
+            p + "tier_expired_keys",
+            "Series fields dropped from a tier's key dictionary: every window of theirs was "
+            "purged (state expiry).",
+            labels=["tier"],
+        )
         lag_sum = lag_count = lag_max = 0
         for tier, tm in r.metrics.tiers.items():
             corrected.add_metric([tier], tm.corrected_rows)
+            expired.add_metric([tier], tm.expired_keys)
             lag_sum += tm.correction_lag_ns_sum
             lag_count += tm.corrections
             lag_max = max(lag_max, tm.correction_lag_ns_max)
         yield corrected
+        yield expired
         yield GaugeMetricFamily(
             p + "correction_backlog",
             "(series, window) pairs waiting to be re-derived.",

@@ -10,7 +10,11 @@ generated streams run at once, each on its own measurement, into the same partit
   first versions were corrected;
 * ``future``: one point a day ahead and one 30 s ahead (beyond ``max_future``) among live
   points of the same series: they must not stop the other windows, and the 30 s one joins its
-  tier when its window's time comes.
+  tier when its window's time comes;
+* ``churn``: 12 new series every 0.5 s for 4 s, each reporting once (their keys expire from
+  the tiers' dictionaries, docs/windows.md "State expiry"), and one series that reports, goes
+  silent until its key expired, then comes back live and with a late point for its first
+  window (a correction of a window whose key was gone).
 
 Each variant runs with ``max_records_per_fetch`` 1 or 2000, with or without a SIGKILL of the
 worker in the middle of the streams. The oracle is InfluxDB itself: every tier row of every
@@ -51,7 +55,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 S = 1_000_000_000
 TIERS = {"1s": S, "10s": 10 * S, "1m": 60 * S}
-MEASUREMENTS = ("inorder", "ooo", "buffer", "rewrite", "future", "ctr_total", "req_latency")
+MEASUREMENTS = (
+    "inorder",
+    "ooo",
+    "buffer",
+    "rewrite",
+    "future",
+    "ctr_total",
+    "req_latency",
+    "churn",
+)
 PERCENTILES = (50, 90, 95, 99)
 BOUND_NS = 1 * S
 SETTLE_NS = 10 * S  # windows ending this long before "now" must be final
@@ -109,8 +122,15 @@ def live_traffic(client: Client, rng: random.Random) -> AbstractContextManager[N
 def run_streams(client: Client, rng: random.Random, kill: Callable[[], None] | None) -> None:
     """Every stream but the live one, about 8 s long; ``kill`` is called in the middle."""
     late: list[tuple[str, int, float]] = []
+    back_ns = time.time_ns()
     for step in range(16):
         now = time.time_ns()
+        if step < 8:  # series that report once and stop; one that comes back at step 14
+            client.write([(f"churn,host=c{step}-{i}", now + i, rng.random()) for i in range(12)])
+        if step == 0:
+            client.write([("churn,host=back", back_ns, 1.0)])
+        if step == 14:  # 7 s later: its 1s and 10s keys expired; live, and late for its 1st
+            client.write([("churn,host=back", now, 2.0), ("churn,host=back", back_ns + 1, 3.0)])
         # out of order by more than allowed lateness (2 s) + bound (1 s): 4 s to 40 s late
         batch = [
             (f"ooo,host=o{rng.randrange(6)}", now - rng.randrange(4 * S, 40 * S), rng.random())
@@ -346,6 +366,7 @@ async def test_every_tier_converges_to_influxdb_group_by_over_raw_and_stays_ther
     metrics = metrics_of(workers[0])
     if not sigkill:  # a restarted worker counts from zero (and may resume past them)
         assert metrics["metricsflow_worker_future_points_total"] >= 2
+        assert metrics['metricsflow_worker_tier_expired_keys_total{tier="1s"}'] > 0
     assert metrics['metricsflow_worker_tier_corrections_total{tier="1s"}'] > 0
     if fetch == 2000 and not sigkill:  # once: the query API over these tier rows
         hi = time.time_ns() - SETTLE_NS

@@ -34,25 +34,42 @@ def test_snapshots_of_different_dictionaries_never_extend_each_other() -> None:
     assert not b.keys.extends(("x",))  # a plain tuple has no lineage
 
 
-def test_key_mapping_maps_only_the_new_suffix_of_a_growing_key_tuple() -> None:
+def ids(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int32)
+
+
+def test_key_mapping_maps_the_ids_a_batch_uses_once_per_lineage() -> None:
     source, target = KeyDictionary(["s0", "s1"]), KeyDictionary(["s1"])
     mapping = KeyMapping()
     t1 = source.keys
-    assert mapping.map(t1, target).tolist() == [1, 0]
-    assert mapping.map(t1, target) is mapping.map(t1, target)  # same object: cached
-    source.add(["s2"])
+    assert mapping.map(t1, ids(1, 0, 1), target).tolist() == [0, 1, 0]
+    assert len(target) == 2
+    source.add(["s2", "s3"])
     target.add(["zz"])  # the target grows independently
     t2 = source.keys
-    assert mapping.map(t2, target).tolist() == [1, 0, 3]
-    assert mapping.map(t1, target).tolist() == [1, 0]  # an older snapshot: a prefix
+    assert mapping.map(t2, ids(2, 0), target).tolist() == [3, 1]
+    assert "s3" not in target  # never used: never looked up
+    assert mapping.map(t1, ids(0), target).tolist() == [1]  # an older snapshot: a prefix
+    assert mapping.map(t2, ids(), target).dtype == np.int32
 
 
-def test_key_mapping_of_plain_tuples_compares_the_prefix() -> None:
+def test_key_mapping_starts_over_when_either_side_changes_lineage() -> None:
+    source, target = KeyDictionary(["a", "b", "c"]), KeyDictionary()
+    mapping = KeyMapping()
+    assert mapping.map(source.keys, ids(0, 1, 2), target).tolist() == [0, 1, 2]
+    remap = target.compact(np.array([False, True, True]))
+    assert remap.tolist() == [-1, 0, 1]
+    assert tuple(target.keys) == ("b", "c")
+    assert mapping.map(source.keys, ids(0, 2), target).tolist() == [2, 1]
+    source.compact(np.array([False, False, True]))  # upstream: "c" is now id 0
+    assert mapping.map(source.keys, ids(0), target).tolist() == [1]
+
+
+def test_key_mapping_of_plain_tuples_maps_each_new_tuple_again() -> None:
     target, mapping = KeyDictionary(), KeyMapping()
-    assert mapping.map(("a", "b"), target).tolist() == [0, 1]
-    assert mapping.map(("a", "b", "c"), target).tolist() == [0, 1, 2]
-    assert mapping.map(("c", "a"), target).tolist() == [2, 0]  # not a prefix: full lookup
-    assert mapping.map(("a",), target).tolist() == [0]
+    assert mapping.map(("a", "b"), ids(0, 1), target).tolist() == [0, 1]
+    assert mapping.map(("c", "a"), ids(0, 1), target).tolist() == [2, 0]
+    assert mapping.map(("a",), ids(0), target).tolist() == [0]
 
 
 def test_a_key_tuple_is_a_tuple() -> None:
