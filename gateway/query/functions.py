@@ -71,6 +71,8 @@ class FunctionPart:
     role: str
     tier: str
     influxql: str
+    #: percentile parts: ``SELECT count(...)`` of the rows the part reads (one total row)
+    count_influxql: str = ""
 
 
 def required_tier_fields(analysis: Analysis) -> frozenset[str]:
@@ -185,7 +187,9 @@ def build_function_parts(
         for t, lo, hi in edges:
             fields = raw_values if t is None else sketch_values
             sql = _statement(analysis, source(t), fields, lo, hi, tags, None)
-            parts.append(FunctionPart("raw" if t is None else "body", _name(t), sql))
+            counts = [Field(Call("count", (f.expr,)), f.alias) for f in fields]
+            count_sql = _statement(analysis, source(t), counts, lo, hi, (), None)
+            parts.append(FunctionPart("raw" if t is None else "body", _name(t), sql, count_sql))
         return parts
     if analysis.kind != KIND_COUNTER:
         raise UnrewritableQueryError(f"not a percentile or counter statement: {analysis.kind}")

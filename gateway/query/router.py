@@ -295,9 +295,33 @@ class QueryService:
         if missing:
             raise UnrewritableQueryError(f"tier {tier.name!r} has no field {sorted(missing)}")
         parts = build_function_parts(analysis, tier, now_ns, self.lag_ns, self.tiers)
+        if analysis.kind == KIND_PERCENTILE:
+            rows = await self.rows_to_read(parts, params, headers)
+            limit = self.settings.query_max_percentile_rows
+            if rows > limit:
+                raise UnrewritableQueryError(
+                    f"percentile() would read {rows} rows into the gateway, more than "
+                    f"GATEWAY_QUERY_MAX_PERCENTILE_ROWS={limit}"
+                )
         keys = group_keys(analysis, tag_keys)
         logger.debug("query to tier=%s kind=%s parts=%d", tier.name, analysis.kind, len(parts))
         return Plan(analysis, tier.name, [], tuple(parts), keys)
+
+    async def rows_to_read(
+        self, parts: list[FunctionPart], params: dict[str, str], headers: dict[str, str]
+    ) -> int:
+        """How many values the parts of a percentile plan would return (InfluxDB counts)."""
+        q = "; ".join(p.count_influxql for p in parts)
+        try:
+            results = await self.influx_query(q, params, headers, "ns")
+        except (InfluxDBQueryError, httpx.HTTPError) as exc:
+            raise UnrewritableQueryError(f"could not count the rows to read: {exc}") from exc
+        total = 0
+        for result in results:
+            for series in result.get("series", []):
+                for row in series.get("values", []):
+                    total += sum(int(v) for v in row[1:] if isinstance(v, int | float))
+        return total
 
     async def run_plan(
         self, plan: Plan, params: dict[str, str], headers: dict[str, str]

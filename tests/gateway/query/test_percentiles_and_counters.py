@@ -324,3 +324,21 @@ async def test_counter_rows_start_where_influxdb_starts_them_for_any_range_start
         host = s["tags"]["host"]
         assert [r[0] for r in s["values"]] == raw_times[host], host
         assert dict(s["values"]) == reference[host], host
+
+
+async def test_a_percentile_reading_more_rows_than_allowed_goes_to_raw(
+    dataset: CounterSketchDataset,
+    query_client_factory: QueryClientFactory,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    ds = dataset
+    tf = time_filter(ds, 0, 0)
+    q = f'SELECT percentile("latency", 99) FROM "http" WHERE {tf} GROUP BY time(1h)'
+    # 3 series x 6 h of 1h windows = 18 sketches, and no raw value at the edges: 18 rows
+    allowed = query_client_factory(query_max_percentile_rows=18, query_tier_lag_s=0)
+    got, want = await ask(allowed, influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == "1h"
+    refused = query_client_factory(query_max_percentile_rows=17, query_tier_lag_s=0)
+    got, want = await ask(refused, influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == "raw"
+    assert got.json() == want
