@@ -24,6 +24,7 @@ off the event loop by the router).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -274,9 +275,11 @@ def merge_percentile_parts(
     parts: Sequence[FunctionPart],
     results: Sequence[list[Series]],
     keys: tuple[str, ...] | None,
+    integer_fields: frozenset[str] = frozenset(),
 ) -> list[Series]:
     """The percentile answer: per output series, interval and field, the merge of the body's
-    sketches and the head's and tail's raw values."""
+    sketches and the head's and tail's raw values; for ``integer_fields`` the nearest integer
+    (InfluxDB answers one of the field's values: exact below 50, within 1 % above)."""
     interval = analysis.interval_ns
     fields = [f for _, f in analysis.components]
     sketches: dict[tuple[tuple[str, TagSet], int, int], SketchAccumulator] = defaultdict(
@@ -316,7 +319,10 @@ def merge_percentile_parts(
             out_row: list[Any] = [t]
             for col in analysis.columns:
                 got = answers.get((group, t, index[("sketch", col.field)]))
-                out_row.append(None if got is None else got[col.param])
+                value = None if got is None else got[col.param]
+                if value is not None and col.field in integer_fields:
+                    value = math.floor(value + 0.5)
+                out_row.append(value)
             rows.append(out_row)
         rows = apply_fill(analysis, rows)
         if rows:

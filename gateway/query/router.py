@@ -161,6 +161,7 @@ class Plan:
     #: percentile and counter statements (``analysis.kind``): their parts and output tag keys
     function_parts: tuple[FunctionPart, ...] = ()
     group_keys: tuple[str, ...] | None = None
+    integer_fields: frozenset[str] = frozenset()
 
 
 class QueryService:
@@ -235,17 +236,20 @@ class QueryService:
                 keys.update(str(row[0]) for row in series.get("values", []))
         return frozenset(keys)
 
-    async def tier_field_keys(
-        self, source: Measurement, tier: str, params: dict[str, str], headers: dict[str, str]
-    ) -> frozenset[str]:
-        tier_source = Measurement(name=source.name, database=source.database, retention_policy=tier)
-        q = f"SHOW FIELD KEYS FROM {render_measurement(tier_source)}"
+    async def field_types(
+        self, sources: list[Measurement], params: dict[str, str], headers: dict[str, str]
+    ) -> list[dict[str, str]]:
+        """``SHOW FIELD KEYS`` of each source: field key -> type (``float``, ``integer``...)."""
+        q = "; ".join(f"SHOW FIELD KEYS FROM {render_measurement(s)}" for s in sources)
         results = await self.influx_query(q, params, headers, None)
-        keys: set[str] = set()
+        out: list[dict[str, str]] = []
         for result in results:
+            types: dict[str, str] = {}
             for series in result.get("series", []):
-                keys.update(str(row[0]) for row in series.get("values", []))
-        return frozenset(keys)
+                for row in series.get("values", []):
+                    types[str(row[0])] = str(row[1]) if len(row) > 1 else ""
+            out.append(types)
+        return out
 
     # -- planning --
     async def plan(
@@ -287,11 +291,13 @@ class QueryService:
         now_ns: int,
     ) -> Plan:
         """A percentile or counter plan, once the tier holds the fields it reads."""
+        src = analysis.source
+        tier_source = Measurement(name=src.name, database=src.database, retention_policy=tier.name)
         try:
-            fields = await self.tier_field_keys(analysis.source, tier.name, params, headers)
-        except (InfluxDBQueryError, httpx.HTTPError) as exc:
-            raise UnrewritableQueryError(f"could not read the tier's field keys: {exc}") from exc
-        missing = required_tier_fields(analysis) - fields
+            tier_types, raw_types = await self.field_types([tier_source, src], params, headers)
+        except (InfluxDBQueryError, httpx.HTTPError, ValueError) as exc:
+            raise UnrewritableQueryError(f"could not read the field keys: {exc}") from exc
+        missing = required_tier_fields(analysis) - set(tier_types)
         if missing:
             raise UnrewritableQueryError(f"tier {tier.name!r} has no field {sorted(missing)}")
         parts = build_function_parts(analysis, tier, now_ns, self.lag_ns, self.tiers)
@@ -305,7 +311,9 @@ class QueryService:
                 )
         keys = group_keys(analysis, tag_keys)
         logger.debug("query to tier=%s kind=%s parts=%d", tier.name, analysis.kind, len(parts))
-        return Plan(analysis, tier.name, [], tuple(parts), keys)
+        # InfluxDB answers a percentile of an integer field with one of its integers.
+        integers = frozenset(f for _, f in analysis.components if raw_types.get(f) == "integer")
+        return Plan(analysis, tier.name, [], tuple(parts), keys, integers)
 
     async def rows_to_read(
         self, parts: list[FunctionPart], params: dict[str, str], headers: dict[str, str]
@@ -331,12 +339,18 @@ class QueryService:
         parts = [[series_from_json(s) for s in r.get("series", [])] for r in results]
         if not plan.function_parts:
             return merge_parts(plan.analysis, parts)
-        merge = (
-            merge_percentile_parts if plan.analysis.kind == KIND_PERCENTILE else merge_counter_parts
-        )
         # Decoding and merging sketches is CPU work: off the event loop.
+        if plan.analysis.kind == KIND_PERCENTILE:
+            return await asyncio.to_thread(
+                merge_percentile_parts,
+                plan.analysis,
+                plan.function_parts,
+                parts,
+                plan.group_keys,
+                plan.integer_fields,
+            )
         return await asyncio.to_thread(
-            merge, plan.analysis, plan.function_parts, parts, plan.group_keys
+            merge_counter_parts, plan.analysis, plan.function_parts, parts, plan.group_keys
         )
 
     def count(self, tier: str) -> None:

@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from gateway.query.base import TIER_HEADER
 from gateway.query.testing import MINUTE_NS, NS
 from metricsflow.infra.influxdb import InfluxDBServer
+from metricsflow.windows import sketches
 from tests.gateway.query.counter_sketch_data import (
     CounterSketchDataset,
     Sample,
@@ -341,4 +343,36 @@ async def test_a_percentile_reading_more_rows_than_allowed_goes_to_raw(
     refused = query_client_factory(query_max_percentile_rows=17, query_tier_lag_s=0)
     got, want = await ask(refused, influxdb_server.url, ds.database, q)
     assert got.headers[TIER_HEADER] == "raw"
+    assert got.json() == want
+
+
+async def test_a_percentile_of_an_integer_field_is_an_integer_as_influxdb_answers(
+    dataset: CounterSketchDataset,
+    query_client_factory: QueryClientFactory,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    """Values below 50 come back exactly (1 % of them is under one half)."""
+    ds = dataset
+    rng = np.random.default_rng(3)
+    times = ds.start_ns + np.arange(180, dtype=np.int64) * 10 * NS  # 30 minutes
+    sizes = rng.integers(1, 48, times.shape[0])
+    windows = times - times % MINUTE_NS
+    starts, group = np.unique(windows, return_inverse=True)
+    _, encoded = sketches.encode(sketches.from_values(group.astype(np.int64), sizes * 1.0))
+    raw = [f"sizes,host=a size={v}i {t}" for t, v in zip(times, sizes, strict=True)]
+    tier = [f'sizes,host=a sketch_size="{e}" {w}' for w, e in zip(starts, encoded, strict=True)]
+    async with httpx.AsyncClient(base_url=influxdb_server.url) as client:
+        for rp, lines in (("raw", raw), ("1m", tier)):
+            r = await client.post(
+                "/write", params={"db": ds.database, "rp": rp}, content="\n".join(lines)
+            )
+            assert r.status_code == 204, r.text
+    end = ds.start_ns + 30 * MINUTE_NS
+    q = (
+        "SELECT percentile(size, 50), percentile(size, 90), percentile(size, 99) FROM sizes "
+        f"WHERE time >= {ds.start_ns} AND time < {end} GROUP BY time(5m)"
+    )
+    api = query_client_factory(query_tier_lag_s=0)
+    got, want = await ask(api, influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == "1m"
     assert got.json() == want
