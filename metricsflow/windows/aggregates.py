@@ -61,8 +61,10 @@ def measurement_of(series_key: str) -> str:
 class FieldKindIndex:
     """Kind (gauge, counter, sketched) per key id of one key dictionary, computed once per key."""
 
-    def __init__(self, kinds: FieldKinds | None) -> None:
+    def __init__(self, kinds: FieldKinds | None, cache: dict[str, int] | None = None) -> None:
         self.kinds = kinds
+        self._cache = {} if cache is None else cache
+        """window key -> kind, shared by the tiers of one chain (they see the same keys)"""
         self._keys: tuple[str, ...] = ()
         self._kind: Int8Array = np.zeros(0, np.int8)
         self.any_counter = False
@@ -79,9 +81,13 @@ class FieldKindIndex:
         start = len(self._keys)
         if not (isinstance(keys, KeyTuple) and keys.extends(self._keys) and len(keys) >= start):
             start = 0
-        new = np.fromiter(
-            (self._kind_of(k) for k in keys[start:]), dtype=np.int8, count=len(keys) - start
-        )
+        fresh = keys[start:]
+        found = list(map(self._cache.get, fresh))  # one C-level pass when all are known
+        if None in found:
+            found = [
+                self._kind_of(k) if x is None else x for k, x in zip(fresh, found, strict=True)
+            ]
+        new = np.array(found, dtype=np.int8)
         self._kind = new if start == 0 else np.concatenate((self._kind[:start], new))
         self._keys = keys
         self.any_counter = bool((self._kind == COUNTER).any())
@@ -89,6 +95,16 @@ class FieldKindIndex:
         return self._kind
 
     def _kind_of(self, key: str) -> int:
+        kind = self._cache.get(key)
+        if kind is not None:
+            return kind
+        kind = self._compute(key)
+        if len(self._cache) >= 1 << 20:
+            self._cache.clear()
+        self._cache[key] = kind
+        return kind
+
+    def _compute(self, key: str) -> int:
         assert self.kinds is not None
         _, series, field_key = split_window_key(key)
         pair = (measurement_of(series), field_key)
@@ -295,19 +311,18 @@ def fire_windows(
     window_ns: int,
     kind: Int8Array | None,
     previous: LastSamples | None,
+    counters: bool,
 ) -> tuple[Chunk, SketchBins | None] | None:
-    """Fire windows given in ascending order (:func:`fire_window` each; on the raw tier the
-    counters' previous samples carry from one window to the next): one result table, with its
-    window starts in column ``start``, and its sketch bins."""
+    """Fire windows given in ascending order (:func:`fire_window` each; with ``counters``, on
+    the raw tier, the counters' previous samples carry from one window to the next): one
+    result table, with its window starts in column ``start``, and its sketch bins."""
     results: list[Chunk] = []
     bins: list[SketchBins | None] = []
-    counters = raw and kind is not None
     for window_end, chunks in windows:
         if not chunks:
             continue
         result, sketch_bins = fire_window(chunks, raw, unit_ns, window_ns, kind, previous)
-        if counters:
-            assert kind is not None
+        if counters and kind is not None:
             previous = merge_last(previous, window_last(chunks, kind, unit_ns))
         result["start"] = np.full(result["k"].shape[0], window_end - window_ns, np.int64)
         results.append(result)

@@ -33,6 +33,7 @@ def build_cascade(
     """
     specs = validate_tiers(tuple(tiers))
     operators: list[TierWindowOperator] = []
+    kind_cache: dict[str, int] = {}  # the tiers of a chain see the same window keys
     previous = 0
     previous_name = RAW_TIER
     for tier in specs[1:]:
@@ -47,6 +48,7 @@ def build_cascade(
                 metrics=None if metrics is None else metrics.get(tier.name),
                 field_kinds=field_kinds,
                 counter_horizon_ns=specs[0].retention_ns,
+                kind_cache=kind_cache,
             )
         )
         previous = tier.window_ns

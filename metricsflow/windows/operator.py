@@ -136,6 +136,7 @@ class TierWindowOperator(Operator):
         metrics: TierWindowMetrics | None = None,
         field_kinds: FieldKinds | None = None,
         counter_horizon_ns: int = 0,
+        kind_cache: dict[str, int] | None = None,
     ) -> None:
         super().__init__(uid)
         if tier.name == RAW_TIER or tier.window_ns <= 0:
@@ -159,6 +160,7 @@ class TierWindowOperator(Operator):
         self.metrics = metrics if metrics is not None else TierWindowMetrics()
         self.field_kinds = field_kinds
         self.counter_horizon_ns = counter_horizon_ns
+        self.kind_cache: dict[str, int] = {} if kind_cache is None else kind_cache
         self._raw = input_window_ns == 0
         self._unit_ns = input_window_ns or 1
         self._groups: dict[int, _KeyGroup] = {}
@@ -221,7 +223,7 @@ class TierWindowOperator(Operator):
 
     def _load(self, kg: int) -> _KeyGroup:
         backend, _ = self._state()
-        group = _KeyGroup(kinds=FieldKindIndex(self.field_kinds))
+        group = _KeyGroup(kinds=FieldKindIndex(self.field_kinds, self.kind_cache))
         stored = backend.get(kg, STATE_COUNTERS, _COUNTERS_LAST)
         group.frontier = None if stored is None else aggregates.last_from_chunk(stored.columns)
         group.watermark_ns = backend.get(kg, STATE_META, _META_WATERMARK)
@@ -586,8 +588,9 @@ class TierWindowOperator(Operator):
             previous = aggregates.merge_last(
                 group.frontier, aggregates.window_last(earlier, kind, self._unit_ns)
             )
+        counters = self._raw and group.kinds.any_counter
         fired = aggregates.fire_windows(
-            windows, self._raw, self._unit_ns, self.window_ns, kind, previous
+            windows, self._raw, self._unit_ns, self.window_ns, kind, previous, counters
         )
         if fired is None:
             return None
