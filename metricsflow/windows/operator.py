@@ -20,6 +20,7 @@ State layout, per key group, in the operator's ``KeyedStateBackend``:
                    (window key string <-> int32 id); keys whose windows are all purged
                    expire (keys.py :class:`~metricsflow.windows.keys.WindowKeys`)
 ``window-meta``    ``watermark`` and ``next-seq`` (int64)
+``window-counters`` raw tier: the last sample of each counter key in the purged windows
 
 Firing is a range scan of ``window-chunks`` up to the watermark; all the work per batch and per
 window is NumPy over columns (kernels.py).

@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,6 +48,7 @@ from fastapi import FastAPI
 from gateway.query.base import TIER_HEADER, QuerySettings
 from gateway.query.router import create_query_router
 from tests.job.stack import Stack, metrics_of, query, repeating, stack_factory
+from tests.truth.prometheus import check_against_prometheus, start_prometheus
 
 __all__ = ["stack_factory"]
 
@@ -322,7 +324,7 @@ def compare(stack: Stack, lo: int, hi: int) -> list[str]:
     ids=["fetch1", "fetch2000", "fetch2000-sigkill", "fetch1-sigkill"],
 )
 async def test_every_tier_converges_to_influxdb_group_by_over_raw_and_stays_there(
-    stack_factory: Callable[..., Any], fetch: int, sigkill: bool
+    stack_factory: Callable[..., Any], fetch: int, sigkill: bool, tmp_path: Path
 ) -> None:
     stack: Stack = await stack_factory(partitions=2)
     env = {
@@ -337,40 +339,52 @@ async def test_every_tier_converges_to_influxdb_group_by_over_raw_and_stays_ther
         workers[0].kill()
         workers[0] = stack.worker("w1", **env)
 
-    rng = random.Random(fetch * 2 + sigkill)
-    client = Client(stack)
-    started = time.time_ns()
-    with live_traffic(client, random.Random(5)):
-        run_streams(client, rng, kill if sigkill else None)
-    lo = started - 40 * 60 * S
-    lo -= lo % (60 * S)
-    deadline = time.monotonic() + 120
-    problems = ["not checked yet"]
-    while time.monotonic() < deadline:
-        problems = compare(stack, lo, time.time_ns() - SETTLE_NS)
-        if not problems:
-            break
-        time.sleep(1)
-    assert not problems, (len(problems), problems[:8])
-    # stays true: nothing stale overwrites a corrected row later
-    stable_until = time.monotonic() + STABLE_S
-    while time.monotonic() < stable_until:
-        problems = compare(stack, lo, time.time_ns() - SETTLE_NS)
-        assert not problems, ("changed after the first match", len(problems), problems[:8])
-        time.sleep(2)
-    # the point 30 s ahead joined its tiers once its windows' time came
-    f1 = rows(
-        stack, 'SELECT * FROM "1s"."future" WHERE "host" = \'f1\' AND "max_v" = 6.0 GROUP BY *'
+    # one variant also carries a real Prometheus' remote write (tests/truth/prometheus.py)
+    prom = (
+        start_prometheus(stack, tmp_path / "prometheus")
+        if (fetch, sigkill) == (2000, False)
+        else None
     )
-    assert len(f1) == 1, f1
-    metrics = metrics_of(workers[0])
-    if not sigkill:  # a restarted worker counts from zero (and may resume past them)
-        assert metrics["metricsflow_worker_future_points_total"] >= 2
-        assert metrics['metricsflow_worker_tier_expired_keys_total{tier="1s"}'] > 0
-    assert metrics['metricsflow_worker_tier_corrections_total{tier="1s"}'] > 0
-    if fetch == 2000 and not sigkill:  # once: the query API over these tier rows
-        hi = time.time_ns() - SETTLE_NS
-        await check_tier_aware_query(stack, started - started % (10 * S), hi - hi % (10 * S))
-    assert metrics["metricsflow_worker_correction_backlog"] == 0
-    raw = query(stack.influx.url, stack.db, 'SELECT count(v) FROM "raw"."buffer"')
-    assert raw[0]["count"] == 1200
+    try:
+        rng = random.Random(fetch * 2 + sigkill)
+        client = Client(stack)
+        started = time.time_ns()
+        with live_traffic(client, random.Random(5)):
+            run_streams(client, rng, kill if sigkill else None)
+        lo = started - 40 * 60 * S
+        lo -= lo % (60 * S)
+        deadline = time.monotonic() + 120
+        problems = ["not checked yet"]
+        while time.monotonic() < deadline:
+            problems = compare(stack, lo, time.time_ns() - SETTLE_NS)
+            if not problems:
+                break
+            time.sleep(1)
+        assert not problems, (len(problems), problems[:8])
+        # stays true: nothing stale overwrites a corrected row later
+        stable_until = time.monotonic() + STABLE_S
+        while time.monotonic() < stable_until:
+            problems = compare(stack, lo, time.time_ns() - SETTLE_NS)
+            assert not problems, ("changed after the first match", len(problems), problems[:8])
+            time.sleep(2)
+        # the point 30 s ahead joined its tiers once its windows' time came
+        f1 = rows(
+            stack, 'SELECT * FROM "1s"."future" WHERE "host" = \'f1\' AND "max_v" = 6.0 GROUP BY *'
+        )
+        assert len(f1) == 1, f1
+        metrics = metrics_of(workers[0])
+        if not sigkill:  # a restarted worker counts from zero (and may resume past them)
+            assert metrics["metricsflow_worker_future_points_total"] >= 2
+            assert metrics['metricsflow_worker_tier_expired_keys_total{tier="1s"}'] > 0
+        assert metrics['metricsflow_worker_tier_corrections_total{tier="1s"}'] > 0
+        if fetch == 2000 and not sigkill:  # once: the query API over these tier rows
+            hi = time.time_ns() - SETTLE_NS
+            await check_tier_aware_query(stack, started - started % (10 * S), hi - hi % (10 * S))
+        assert metrics["metricsflow_worker_correction_backlog"] == 0
+        raw = query(stack.influx.url, stack.db, 'SELECT count(v) FROM "raw"."buffer"')
+        assert raw[0]["count"] == 1200
+        if prom is not None:
+            check_against_prometheus(stack, prom)
+    finally:
+        if prom is not None:
+            prom.stop()
