@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from metricsflow.model.fieldkinds import FieldKinds, FieldSelector
 from metricsflow.runtime.records import AggregateBatch, RecordBatch, Watermark
+from metricsflow.sinks.correction_rows import build_batch, rows_from_samples
 from metricsflow.sinks.lines import aggregate_lines
 from metricsflow.windows import TierSpec, build_cascade, sketches
 
@@ -98,9 +99,15 @@ streams = st.lists(
     batch=st.integers(1, 9),
     restore_at=st.integers(0, 20),
     shuffle=st.randoms(use_true_random=False),
+    backend=st.sampled_from(["heap", "rocksdb"]),
 )
 def test_counter_and_sketch_fields_equal_independent_references_at_every_tier(
-    writes: list[Write], batch: int, restore_at: int, shuffle: Any, tmp_path_factory: Any
+    writes: list[Write],
+    batch: int,
+    restore_at: int,
+    shuffle: Any,
+    backend: str,
+    tmp_path_factory: Any,
 ) -> None:
     from metricsflow.checkpointing.storage import FsCheckpointStorage
     from tests.windows.conftest import Chain, _backends
@@ -108,7 +115,7 @@ def test_counter_and_sketch_fields_equal_independent_references_at_every_tier(
     # arrival order: sorted by time, then shuffled within BOUND (bounded out-of-orderness)
     keyed = sorted(writes, key=lambda w: w[1] + shuffle.uniform(0, BOUND / S))
     storage = FsCheckpointStorage(str(tmp_path_factory.mktemp("ckpt")))
-    factory_iter = _backends("heap", tmp_path_factory.mktemp("state"))
+    factory_iter = _backends(backend, tmp_path_factory.mktemp("state"))
     make_backend = next(factory_iter)
 
     def new_chain(restore: Any = None) -> Chain:
@@ -197,3 +204,26 @@ def test_tier_lines_carry_increase_resets_sketch_and_percentiles() -> None:
     assert b"p99_latency_ms=" in latency_line
     assert b"increase_" not in gauge_line
     assert b"sketch_" not in gauge_line
+
+
+def test_corrected_rows_from_raw_samples_equal_a_plain_reference() -> None:
+    """A correction of window 10 of a counter re-derives it and the window of the next sample
+    (30, across an empty window), from the samples and the previous sample (9.0 at t=8)."""
+    samples = [(10, 12.0), (12, 3.0), (15, 5.0), (31, 4.0), (33, 9.0)]
+    rows = rows_from_samples(samples, 9.0, {10}, 10, counter=True, sketched=False)
+    assert sorted(rows) == [10, 30]
+    ten, thirty = rows[10], rows[30]
+    # pairs: 9 -> 12 (+3), 12 -> 3 (reset, +3), 3 -> 5 (+2); then 5 -> 4 (reset, +4), 4 -> 9 (+5)
+    assert (ten.increase, ten.resets) == (8.0, 1)
+    assert (thirty.increase, thirty.resets) == (9.0, 1)
+    assert ten.aggs == (3.0, 20.0, 3.0, 12.0, 12.0, 5.0)
+    sketched = rows_from_samples(samples, None, {30}, 10, counter=False, sketched=True)
+    assert sorted(sketched) == [30]
+    assert sketched[30].values == [4.0, 9.0]
+    assert math.isnan(sketched[30].increase)
+    batch = build_batch(0, "10s", 10, [("k", 30, sketched[30]), ("c", 10, ten)])
+    assert batch.increase is not None
+    assert math.isnan(float(batch.increase[0]))
+    assert float(batch.increase[1]) == 8.0
+    assert batch.sketches is not None
+    assert set(batch.sketches.group.tolist()) == {0}
