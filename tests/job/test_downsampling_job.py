@@ -223,13 +223,22 @@ def wait_until_caught_up(worker: Proc, timeout_s: float = 90) -> None:
         time.sleep(0.5)
 
 
-async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bounded_memory(
+HELD_BACK_S = 36
+"""How far behind the wall clock the watermarks must fall before InfluxDB comes back."""
+
+
+def wm_lag_of(metrics: dict[str, float]) -> float:
+    return max(labelled(metrics, "watermark_lag_seconds").values(), default=0.0)
+
+
+async def test_a_kafka_restart_and_a_long_influxdb_outage_lose_nothing_with_bounded_memory(
     stack_factory: Callable[..., Any],
 ) -> None:
-    """Kafka restarts mid-stream, then InfluxDB is down for 60 s while the gateway keeps
-    accepting. The worker must slow down (not buffer), stay responsive and in its consumer
-    group, hold its watermarks (data waiting in Kafka is not idleness), and afterwards every
-    tier must equal the oracle with no point judged late."""
+    """Kafka restarts mid-stream, then InfluxDB is down (until the watermarks lag 36 s behind:
+    about 40 s, at most 60 s) while the gateway keeps accepting. The worker must slow down
+    (not buffer), stay responsive and in its consumer group, hold its watermarks (data
+    waiting in Kafka is not idleness), and afterwards every tier must equal the oracle with no
+    point judged late."""
     stack: Stack = await stack_factory(partitions=4)
     sender = Sender(stack.gateway.url, stack.db, seed=13)
     # small sink limits: the sink saturates within seconds of the outage
@@ -238,7 +247,7 @@ async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bound
         METRICSFLOW_INFLUXDB_BATCH_MAX_POINTS="5000",
         METRICSFLOW_INFLUXDB_MAX_PENDING_REQUESTS="4",
     )
-    samples: list[tuple[float, int, float, dict[str, float]]] = []
+    samples: list[tuple[float, int, float, dict[str, float], float]] = []
     with sender.in_background(interval_s=0.02):
         time.sleep(3)
         try:
@@ -255,8 +264,14 @@ async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bound
         before = metrics_of(worker)
         stack.influx.stop()
         try:
+            # the outage lasts until the readers have been held back well past the 30 s the
+            # watermark check below needs (about 40 s here), never more than 60 s: readers
+            # that were not held back (idle partitions advancing the watermarks) keep the
+            # lag small and meet the 60 s bound, and the check fails
             end = time.monotonic() + 60
-            while time.monotonic() < end:
+            while time.monotonic() < end and not (
+                samples and wm_lag_of(samples[-1][3]) > HELD_BACK_S
+            ):
                 started = time.monotonic()
                 # the event loop must stay free: the REST API answers within a second
                 health = httpx.get(f"{worker.url}/health", timeout=1).json()
@@ -267,6 +282,7 @@ async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bound
                         rss_bytes(worker.proc.pid),
                         float(health["influxdb_blocked"]),
                         metrics_of(worker),
+                        started,
                     )
                 )
                 time.sleep(0.5)
@@ -276,10 +292,12 @@ async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bound
     assert_tiers_match_oracle(stack, sender, timeout_s=150)
     after = metrics_of(worker)
     peak_rss = max(s[1] for s in samples)
-    max_wm_lag = max(max(labelled(s[3], "watermark_lag_seconds").values()) for s in samples)
+    max_wm_lag = max(wm_lag_of(s[3]) for s in samples)
+    outage_s = len(samples) and samples[-1][4] - samples[0][4]
     print(
-        f"\nworker RSS before the outage {before_rss / 2**20:.0f} MiB, peak during the 60 s "
-        f"outage {peak_rss / 2**20:.0f} MiB (+{(peak_rss - before_rss) / 2**20:.1f} MiB); "
+        f"\nworker RSS before the outage {before_rss / 2**20:.0f} MiB, peak during the "
+        f"{outage_s:.0f} s outage {peak_rss / 2**20:.0f} MiB "
+        f"(+{(peak_rss - before_rss) / 2**20:.1f} MiB); "
         f"max /health latency {max(s[0] for s in samples) * 1000:.0f} ms; max watermark lag "
         f"{max_wm_lag:.0f} s; max pending requests "
         f"{max(s[3]['metricsflow_worker_influxdb_pending_requests'] for s in samples):.0f}; "
@@ -288,7 +306,7 @@ async def test_a_kafka_restart_and_a_60s_influxdb_outage_lose_nothing_with_bound
     assert worker.proc.poll() is None
     assert samples[-1][2] == 1.0  # the outage was seen (influxdb_blocked)
     assert max(s[0] for s in samples) < 1.0
-    # bounded: every queue is, so memory does not follow the 60 s backlog
+    # bounded: every queue is, so memory does not follow the backlog of the outage
     assert peak_rss - before_rss < 64 * 2**20, (before_rss, peak_rss)
     assert max(s[3]["metricsflow_worker_influxdb_pending_requests"] for s in samples) <= 4 + 4
     assert after["metricsflow_worker_influxdb_hard_limit_waits_total"] == 0
