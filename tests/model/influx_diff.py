@@ -19,11 +19,16 @@ DELIBERATE = (
 """Reasons of the refusals where InfluxDB 1.x would store something (docs/ingestion.md)."""
 
 
+_CLIENT = httpx.Client(timeout=60)
+"""One client for every query: ``httpx.post`` builds a client, and its TLS context (the CA
+bundle parsed again), per call; hundreds of calls made that a noticeable part of a test."""
+
+
 def influx(url: str, q: str, db: str | None = None) -> dict[str, Any]:
     params = {"q": q, "epoch": "ns"}
     if db:
         params["db"] = db
-    r = httpx.post(f"{url}/query", data=params, timeout=60)
+    r = _CLIENT.post(f"{url}/query", data=params)
     r.raise_for_status()
     result: dict[str, Any] = r.json()["results"][0]
     assert "error" not in result, result

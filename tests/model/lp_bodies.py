@@ -11,6 +11,7 @@ key (one type per key everywhere) so that queries over many measurements show ev
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 
@@ -90,8 +91,7 @@ def _kind(key: str) -> int:
     return zlib.crc32(key.encode()) % 5
 
 
-def _value_for(key: str) -> st.SearchStrategy[str]:
-    kind = _kind(key)
+def _value_strategy(kind: int) -> st.SearchStrategy[str]:
     base = [
         st.sampled_from(FLOATS),
         st.sampled_from(INTS),
@@ -103,9 +103,21 @@ def _value_for(key: str) -> st.SearchStrategy[str]:
     return st.one_of(base, base, base, st.sampled_from(FLOATS + INTS + BOOLS))
 
 
+# Strategies are built once, not inside the composites below: a strategy built per draw is
+# validated again each time, which cost most of the generation time of 2,000+ bodies.
+_VALUES = [_value_strategy(kind) for kind in range(5)]
+
+
+def _value_for(key: str) -> st.SearchStrategy[str]:
+    return _VALUES[_kind(key)]
+
+
+_FIELD_KEYS = st.lists(field_key, min_size=1, max_size=3)
+
+
 @st.composite
 def fields(draw: st.DrawFn) -> str:
-    keys = draw(st.lists(field_key, min_size=1, max_size=3))
+    keys = draw(_FIELD_KEYS)
     return ",".join(f"{k}={draw(_value_for(k))}" for k in keys)
 
 
@@ -133,21 +145,53 @@ class Body:
     precision: str
 
 
+_MEASUREMENT = st.one_of(st.just(""), name_part)
+_TAGS = st.lists(st.tuples(tag_key, tag_value), max_size=3)
+_SEPARATOR = st.sampled_from([" ", " ", " ", "  ", " \t"])
+_FIELDS = fields()
+_BEFORE_TIME = st.sampled_from([" ", " ", "  "])
+_LINE_END = st.sampled_from(["", "", "", "", " ", "\r", "\t"])
+_ONE_IN_TEN = st.integers(0, 9)
+_DAMAGE = st.sampled_from([*_PIECES, "\n", "i", "u"])
+_LEADING = st.sampled_from(["", "", "", "", " ", "\t"])
+
+
+@functools.cache
+def _timestamp(timestamps: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return st.one_of(st.just(""), st.sampled_from(timestamps))
+
+
+@functools.cache
+def _line_after_prefix(timestamps: tuple[str, ...]) -> st.SearchStrategy[tuple[str, str]]:
+    return _line_parts(timestamps)
+
+
 @st.composite
-def line(draw: st.DrawFn, prefix: str, timestamps: list[str]) -> str:
-    meas = prefix + draw(st.one_of(st.just(""), name_part))
-    tags = draw(st.lists(st.tuples(tag_key, tag_value), max_size=3))
+def _line_parts(draw: st.DrawFn, timestamps: tuple[str, ...]) -> tuple[str, str]:
+    """(leading blanks, the line after its measurement's prefix)."""
+    meas = draw(_MEASUREMENT)
+    tags = draw(_TAGS)
     tag_text = "".join(f",{k}={v}" for k, v in tags)
-    ts = draw(st.one_of(st.just(""), st.sampled_from(timestamps)))
-    sep = draw(st.sampled_from([" ", " ", " ", "  ", " \t"]))
-    text = f"{meas}{tag_text}{sep}{draw(fields())}"
+    ts = draw(_timestamp(timestamps))
+    sep = draw(_SEPARATOR)
+    text = f"{meas}{tag_text}{sep}{draw(_FIELDS)}"
     if ts:
-        text += draw(st.sampled_from([" ", " ", "  "])) + ts
-    text += draw(st.sampled_from(["", "", "", "", " ", "\r", "\t"]))
-    if draw(st.integers(0, 9)) == 0:  # damage: a piece inserted somewhere after the prefix
-        at = draw(st.integers(len(prefix), len(text)))
-        text = text[:at] + draw(st.sampled_from([*_PIECES, "\n", "i", "u"])) + text[at:]
-    return draw(st.sampled_from(["", "", "", "", " ", "\t"])) + text
+        text += draw(_BEFORE_TIME) + ts
+    text += draw(_LINE_END)
+    if draw(_ONE_IN_TEN) == 0:  # damage: a piece inserted somewhere after the prefix
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(_DAMAGE) + text[at:]
+    return draw(_LEADING), text
+
+
+_LINES = st.integers(1, 4)
+_ONE_IN_SIX = st.integers(0, 5)
+_BLANK_OR_COMMENT = st.sampled_from(["", "# comment", "  ", "\t# x"])
+
+
+@functools.cache
+def _precision(precisions: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return st.sampled_from(precisions)
 
 
 @st.composite
@@ -157,13 +201,15 @@ def body(
     timestamps: list[str] = TIMESTAMPS,
     precisions: list[str] = PRECISIONS,
 ) -> Body:
-    n = draw(st.integers(1, 4))
-    lines = [draw(line(f"L§_{number}_{i}_", timestamps)) for i in range(n)]
-    if draw(st.integers(0, 5)) == 0:
-        lines.insert(
-            draw(st.integers(0, n)), draw(st.sampled_from(["", "# comment", "  ", "\t# x"]))
-        )
-    return Body("\n".join(lines), draw(st.sampled_from(precisions)))
+    n = draw(_LINES)
+    parts = _line_after_prefix(tuple(timestamps))
+    lines = []
+    for i in range(n):
+        lead, rest = draw(parts)
+        lines.append(f"{lead}L§_{number}_{i}_{rest}")
+    if draw(_ONE_IN_SIX) == 0:
+        lines.insert(draw(st.integers(0, n)), draw(_BLANK_OR_COMMENT))
+    return Body("\n".join(lines), draw(_precision(tuple(precisions))))
 
 
 def bodies(

@@ -45,6 +45,7 @@ class Run:
     bodies: int = 0
     skip: set[str] = field(default_factory=set)
     texts: dict[str, str] = field(default_factory=dict)
+    client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60))
 
     def write_batch(self, batch: list[Body]) -> None:
         number = self.batches
@@ -53,7 +54,8 @@ class Run:
         for i, text in enumerate(texts):
             self.texts[f"{number}/{self.bodies + i}"] = text
         self.bodies += len(batch)
-        with httpx.Client(timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        client = self.client
+        with ThreadPoolExecutor(8) as pool:
             answers = list(
                 pool.map(
                     lambda tb: client.post(
