@@ -299,7 +299,7 @@ def merge_percentile_parts(
                     if part.role == "body":
                         if isinstance(value, str):
                             sketches[(group, bucket, j)].add_encoded(value)
-                    elif isinstance(value, int | float) and not isinstance(value, bool):
+                    elif _is_number(value):
                         raw[(group, bucket, j)].append(float(value))
     for key, values in raw.items():
         sketches[key].add_values(values)
@@ -330,6 +330,11 @@ def merge_percentile_parts(
     return out
 
 
+def _is_number(value: Any) -> bool:
+    """A value InfluxDB returned for a numeric field (not a string a conflicting write left)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _increase(previous: float | None, value: float) -> float:
     """Prometheus' rule for one pair of samples: a drop is a reset, counted from zero."""
     if previous is None:
@@ -358,8 +363,8 @@ def merge_counter_parts(
             if role == "previous":  # parts in time order: the latest non-null wins
                 last = previous.setdefault(s.key, [None] * width)
                 for j, value in enumerate(s.values[0][1 : 1 + width] if s.values else []):
-                    if value is not None:
-                        last[j] = value
+                    if _is_number(value):
+                        last[j] = float(value)
                 continue
             group = _group_of(s, keys)
             if role == "tail":
@@ -367,7 +372,7 @@ def merge_counter_parts(
                 for part_row in s.values:
                     t = _bucket(int(part_row[0]), interval)
                     for j, value in enumerate(part_row[1 : 1 + width]):
-                        if not isinstance(value, int | float) or isinstance(value, bool):
+                        if not _is_number(value):
                             continue
                         holding[(group, j)].add(t)
                         increase[(group, t, j)] += _increase(last[j], float(value))
@@ -376,7 +381,7 @@ def merge_counter_parts(
             for part_row in s.values:
                 t = _bucket(int(part_row[0]), interval)
                 for j, value in enumerate(part_row[1 : 1 + width]):
-                    if value is None:
+                    if not _is_number(value):
                         continue
                     if role != "head_increase":
                         holding[(group, j)].add(t)
