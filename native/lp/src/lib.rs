@@ -22,7 +22,7 @@ use scan::{
     Defer, Limits, Scanned, NAME_SET, TAG_SET,
 };
 
-/// FNV-1a: keys are short, and the cache lives for one call.
+/// FxHash-style (8 bytes per step): keys are short, and the cache lives for one call.
 #[derive(Default)]
 struct Fnv(u64);
 
@@ -31,10 +31,15 @@ impl Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf29ce484222325 } else { self.0 };
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            h = (h.rotate_left(5) ^ b as u64).wrapping_mul(K);
         }
         self.0 = h;
     }

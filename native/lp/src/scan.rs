@@ -181,9 +181,13 @@ pub fn scan_point<'a>(
     {
         key_bytes = key_end as i64;
     }
-    for (raw_key, _value) in walk_fields(fields)? {
-        if key_bytes != 0 && key_bytes + 4 + raw_key.len() as i64 > max_key {
-            return Err(Defer);
+    // (Python walks the fields here in any case; a walk that fails is refused by
+    // `check_field_values` on the same bytes, so the walk is only needed for the key size)
+    if key_bytes != 0 {
+        for (raw_key, _value) in walk_fields(fields)? {
+            if key_bytes + 4 + raw_key.len() as i64 > max_key {
+                return Err(Defer);
+            }
         }
     }
     let time_ns = scan_time(buf, fields_end, precision_factor, default_time_ns)?;
