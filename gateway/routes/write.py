@@ -22,7 +22,7 @@ dependency of each route says which endpoint that is).
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -43,16 +43,15 @@ from gateway.admission import (
 )
 from gateway.base import BadRequestError, ParsedWrite, PartialWriteError
 from gateway.body import read_body
+from gateway.decoding import in_child, json_to_line_protocol, remote_write_to_line_protocol
 from gateway.deps import MetricsDep, SettingsDep, WriteEndpoint, WriterDep
-from gateway.json_write import parse_json_points
 from gateway.metrics import GatewayMetrics
 from gateway.producer import KafkaWriter
 from gateway.query.base import QuerySettings
-from gateway.remote_write import decode_write_request
 from gateway.responses import V1_HEADERS
 from gateway.settings import GatewaySettings
 from metricsflow.model import ParseError
-from metricsflow.model.lineprotocol import PRECISION_V1, PRECISION_V2, canonicalize
+from metricsflow.model.lineprotocol import PRECISION_V1, PRECISION_V2, Limits, canonicalize
 
 Parsed = tuple[list[str], list[str], list[ParseError]]
 Parser = Callable[[bytes, int], Parsed]
@@ -78,17 +77,6 @@ def _lp_parser(settings: GatewaySettings, factor: int) -> Parser:
             body, precision_factor=factor, default_time_ns=received_ns, limits=limits
         )
         return result.series_keys, result.lines, result.errors
-
-    return parse
-
-
-def _json_parser(settings: GatewaySettings, factor: int) -> Parser:
-    def parse(body: bytes, received_ns: int) -> Parsed:
-        limits = settings.limits_at(received_ns)
-        keys, lines = parse_json_points(
-            body, precision_factor=factor, default_time_ns=received_ns, limits=limits
-        )
-        return keys, lines, []
 
     return parse
 
@@ -138,7 +126,7 @@ async def ingest(
     rp: str | None,
     parser: Parser | None,
     snappy: bool = False,
-    json: bool = False,
+    json_factor: int | None = None,
 ) -> Response:
     """Read, validate, produce, and reply 204 or a partial write (auth is the route's
     dependency)."""
@@ -163,25 +151,38 @@ async def ingest(
             reservation=reservation,
         )
         errors: list[ParseError] = []
+        # JSON and remote write: decoded in a child process into line protocol, which is
+        # then read here in slices like any line-protocol body (gateway/decoding.py)
+        ns_lines = functools.partial(_reread, settings.limits_at(received_ns), received_ns)
         if parser is None:
             reservation.grow_to(COST_PER_BYTE * len(body), "the request")
-            keys, lines = await asyncio.to_thread(
-                decode_write_request,
+            text, child_dropped = await in_child(
+                remote_write_to_line_protocol,
                 body,
-                dropped,
                 settings.limits_at(received_ns),
                 settings.max_body_bytes,
             )
+            for reason, count in child_dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + count
+            keys, lines, errors = await parse_line_protocol_in_slices(text, ns_lines)
             reservation.grow_to(lines_cost(lines), "the request")
-        elif json:
+        elif json_factor is not None:
             reservation.grow_to(JSON_COST_PER_BYTE * len(body), "the request")
-            keys, lines, errors = await asyncio.to_thread(parser, body, received_ns)
+            text = await in_child(
+                json_to_line_protocol,
+                body,
+                json_factor,
+                received_ns,
+                settings.limits_at(received_ns),
+            )
+            keys, lines, errors = await parse_line_protocol_in_slices(text, ns_lines)
         else:
             reservation.grow_to(line_protocol_cost(body), "the request")
             keys, lines, errors = await parse_line_protocol_in_slices(
                 body, functools.partial(_call_parser, parser, received_ns=received_ns)
             )
-        if errors and (not lines or not settings.partial_writes):
+        whole = parser is None or json_factor is not None  # JSON, remote write: all or nothing
+        if errors and (not lines or not settings.partial_writes or whole):
             raise BadRequestError(describe_refused(errors))  # nothing is written
     except BaseException:
         reservation.release()
@@ -283,7 +284,6 @@ async def write_json(
     precision: OptStr = None,
 ) -> Response:
     factor = PRECISION_V1.get(precision or "n")
-    parser = _json_parser(settings, factor) if factor else None
     return await ingest(
         request,
         JSON_WRITE,
@@ -292,9 +292,17 @@ async def write_json(
         metrics=metrics,
         db=db,
         rp=rp or None,
-        parser=parser,
-        json=True,
+        parser=_lp_parser(settings, 1) if factor else None,
+        json_factor=factor,
     )
+
+
+def _reread(limits: Limits, received_ns: int, chunk: bytes) -> Parsed:
+    """Line protocol a decoding child produced (ns timestamps, checked by its endpoint's
+    rules, which allow unsigned integers in JSON)."""
+    reread = dataclasses.replace(limits, allow_unsigned=True)
+    result = canonicalize(chunk, precision_factor=1, default_time_ns=received_ns, limits=reread)
+    return result.series_keys, result.lines, result.errors
 
 
 def _call_parser(parser: Parser, body: bytes, *, received_ns: int) -> Parsed:
