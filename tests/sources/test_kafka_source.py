@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from metricsflow.infra.kafka import KafkaServer
 from metricsflow.model.message import encode_lines
+from metricsflow.runtime.isolation import FailureIsolation, PositionRange
 from metricsflow.runtime.records import RawLinesBatch, RecordBatch, split_window_key
 from metricsflow.runtime.source import SourceElement, WatermarkStatus
 from metricsflow.sources.base import decode_offset, encode_offset
@@ -289,3 +290,60 @@ async def test_a_reader_is_idle_only_when_caught_up_and_active_while_held_back_b
     assert sum(isinstance(e, RecordBatch) for e in got) == 1
     assert source.consumer.paused() == set()
     assert decode_offset(reader.snapshot_position(1)) == 1
+
+
+async def test_isolation_reads_a_suspect_range_record_by_record_and_skips_dead_lettered_poison(
+    kafka_broker: KafkaServer, topic_factory: TopicFactory, source_factory: SourceFactory
+) -> None:
+    topic = await topic_factory(partitions=1)
+    await produce(kafka_broker.bootstrap, topic, 0, [lp1("db", f"m v={i} {i}") for i in range(6)])
+    source, listener = await source_factory(topic)
+    await wait_for(lambda: listener.assigned == {0})
+    isolation = FailureIsolation()
+    isolation.mark_suspect(0, PositionRange(2, 5))
+    reader = source.create_reader(0)
+    reader.isolate(isolation)
+    reader.restore_position(None)
+    fetches: list[tuple[PositionRange | None, list[float]]] = []
+    while len(fetches) < 5:
+        element = await reader.poll()
+        if isinstance(element, RecordBatch):
+            fetches.append((reader.last_range(), element.values.tolist()))
+            if element.values.tolist() == [4.0]:
+                await reader.dead_letter(4, "ValueError: boom")
+                isolation.mark_poison(0, 4, "ValueError: boom")
+    assert fetches == [
+        (PositionRange(0, 2), [0.0, 1.0]),  # a fetch before the suspect range stops at it
+        (PositionRange(2, 3), [2.0]),
+        (PositionRange(3, 4), [3.0]),
+        (PositionRange(4, 5), [4.0]),
+        (PositionRange(5, 6), [5.0]),
+    ]
+    assert source.stats.poison_records == 1
+    replay = source.create_reader(0)
+    replay.isolate(isolation)
+    replay.restore_position(encode_offset(3))
+    values = [v for e in await drain(replay, 2) if isinstance(e, RecordBatch) for v in e.values]
+    assert values == [3.0, 5.0]  # the poison record is skipped, not dead-lettered again
+    assert isolation.skipped == 1
+    assert source.stats.poison_records == 1
+    replay.snapshot_position(7)
+    replay.notify_checkpoint_complete(7)
+    assert isolation.poison == {}
+    assert isolation.suspects == {}
+    dlq = AIOKafkaConsumer(
+        f"{topic}.dlq",
+        bootstrap_servers=kafka_broker.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await dlq.start()
+    try:
+        got = await dlq.getmany(timeout_ms=10_000)
+        records = [r for rs in got.values() for r in rs]
+    finally:
+        await dlq.stop()
+    assert len(records) == 1
+    headers = dict(records[0].headers)
+    assert (headers["mf-dlq-partition"], headers["mf-dlq-offset"]) == (b"0", b"4")
+    assert headers["mf-dlq-error"] == b"ValueError: boom"
