@@ -50,15 +50,22 @@ from metricsflow.windows.watermarks import WatermarkAssigner, WatermarkStrategy
 RESULTS = Path(__file__).parent / "results" / "tier_fields.json"
 
 
-def sketched_batches(batches: list[RecordBatch], every: int) -> list[RecordBatch]:
-    """Every ``every``-th key of each key group's tuple gets field ``latency_ms``."""
+def sketched_batches(
+    batches: list[RecordBatch], every: int, counters: bool = False
+) -> list[RecordBatch]:
+    """Every ``every``-th key of each key group's tuple gets field ``latency_ms`` (sketched);
+    with ``counters``, the key after it gets ``requests_total`` (a counter)."""
     renamed: dict[int, tuple[str, ...]] = {}
     out = []
     for b in batches:
         keys = renamed.get(id(b.keys))
         if keys is None:
             keys = tuple(
-                k.rsplit("\x00", 1)[0] + "\x00latency_ms" if i % every == 0 else k
+                k.rsplit("\x00", 1)[0] + "\x00latency_ms"
+                if i % every == 0
+                else k.rsplit("\x00", 1)[0] + "\x00requests_total"
+                if counters and i % every == 1
+                else k
                 for i, k in enumerate(b.keys)
             )
             renamed[id(b.keys)] = keys
@@ -132,12 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     points = 0
     with tempfile.TemporaryDirectory(prefix="bench-tier-fields-") as root:
         for rep in range(args.repeat):
-            for label, kinds in (("gauges only", None), ("sketches on 1 in N", FieldKinds())):
+            for label, kinds, counters in (
+                ("gauges only", None, False),
+                ("sketches on 1 in N", FieldKinds(), False),
+                ("sketches and counters on 1 in N each", FieldKinds(), True),
+            ):
                 workload = make_workload(
                     args.series, args.minutes, 4, 25_000, 0.02, 0.001, 1, "stable"
                 )
                 points = workload.points
-                batches = sketched_batches(workload.batches, args.every)
+                batches = sketched_batches(workload.batches, args.every, counters)
                 cascade_s, taps = run(batches, kinds, f"{root}/{rep}-{label}")
                 encode_s, tier_sizes = encode_all(taps)
                 sizes[label] = tier_sizes
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     points / (cascade_s + encode_s)
                 )
                 print(
-                    f"  {label:20} cascade {points / cascade_s:12,.0f} points/s, with encoding "
+                    f"  {label:36} cascade {points / cascade_s:12,.0f} points/s, with encoding "
                     f"{points / (cascade_s + encode_s):12,.0f} points/s",
                     flush=True,
                 )
