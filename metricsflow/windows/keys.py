@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -207,8 +208,14 @@ class KeyMapping:
         ids: Int32Array = self._map[key_idx]
         missing = ids < 0
         if bool(missing.any()):
-            need = np.unique(key_idx[missing])
-            self._map[need] = target.ids([keys[i] for i in need.tolist()])
+            wanted = np.zeros(len(keys), dtype=np.bool_)
+            wanted[key_idx[missing]] = True
+            need = np.flatnonzero(wanted)
+            if need.shape[0] == len(keys):  # all of them: no gather
+                self._map = target.ids(keys)
+            else:
+                got = itemgetter(*need.tolist())(keys)
+                self._map[need] = target.ids((got,) if need.shape[0] == 1 else got)
             ids = self._map[key_idx]
         return ids
 
