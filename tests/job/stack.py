@@ -34,6 +34,10 @@ from metricsflow.infra.process import free_port
 TIERS = {"1s": 1_000_000_000, "5s": 5_000_000_000, "10s": 10_000_000_000}
 TIER_SPEC = "raw:7d,1s:7d,5s:7d,10s:7d"
 METRICSFLOW = [str(Path(sys.executable).parent / "metricsflow")]
+HTTP = httpx.Client(timeout=60)
+"""The tests' client for polling the stack: ``httpx.get`` builds a client, and its TLS
+context, per call (~30 ms of CPU), which the polling loops below paid several times a
+second while the processes they wait for needed the CPU."""
 
 
 def wait_http(url: str, timeout_s: float = 60, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -42,7 +46,7 @@ def wait_http(url: str, timeout_s: float = 60, proc: subprocess.Popen[bytes] | N
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"{url}: process exited with {proc.returncode}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if HTTP.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -281,10 +285,19 @@ def reference(
 
 
 def query(url: str, db: str, q: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{url}/query", params={"db": db, "q": q, "epoch": "ns"}, timeout=60)
-    r.raise_for_status()
-    result = r.json()["results"][0]
+    result = _query(url, db, q)
     assert "error" not in result, result
+    return _rows(result)
+
+
+def _query(url: str, db: str, q: str) -> dict[str, Any]:
+    r = HTTP.get(f"{url}/query", params={"db": db, "q": q, "epoch": "ns"})
+    r.raise_for_status()
+    result: dict[str, Any] = r.json()["results"][0]
+    return result
+
+
+def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for series in result.get("series", []):
         for values in series.get("values", []):
@@ -295,15 +308,11 @@ def query(url: str, db: str, q: str) -> list[dict[str, Any]]:
 
 
 def tier_rows(stack: Stack, tier: str) -> dict[tuple[str, int], dict[str, float]]:
-    r = httpx.get(
-        f"{stack.influx.url}/query",
-        params={"db": stack.db, "q": f'SELECT * FROM "{tier}"."m" GROUP BY *', "epoch": "ns"},
-        timeout=60,
-    )
-    r.raise_for_status()
-    if "retention policy not found" in r.json()["results"][0].get("error", ""):
+    result = _query(stack.influx.url, stack.db, f'SELECT * FROM "{tier}"."m" GROUP BY *')
+    if "retention policy not found" in result.get("error", ""):
         return {}  # the worker has not written anything yet (a slow start): poll again
-    rows = query(stack.influx.url, stack.db, f'SELECT * FROM "{tier}"."m" GROUP BY *')
+    assert "error" not in result, result
+    rows = _rows(result)
     return {
         (f"m,host={r['host']}", r["time"]): {
             "count": r["count_v"],
@@ -389,7 +398,7 @@ def assert_tiers_match_oracle(stack: Stack, sender: Sender, timeout_s: float = 6
 
 def metrics_of(proc: Proc) -> dict[str, float]:
     out: dict[str, float] = {}
-    for line in httpx.get(f"{proc.url}/metrics", timeout=10).text.splitlines():
+    for line in HTTP.get(f"{proc.url}/metrics", timeout=10).text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.job.stack import (
+    HTTP,
     TIER_SPEC,
     TIERS,
     Proc,
@@ -38,7 +38,7 @@ from tests.job.stack import (
 
 __all__ = ["stack_factory"]  # the fixture, used by this module's tests
 
-# ruff: noqa: ASYNC210, ASYNC251 - the tests drive subprocesses synchronously on purpose
+# ruff: noqa: ASYNC251 - the tests drive subprocesses synchronously on purpose
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -52,10 +52,10 @@ async def test_every_tier_equals_the_python_reference_and_influxql_over_the_raw_
     assert_tiers_match_oracle(stack, sender)
     raw = query(stack.influx.url, stack.db, 'SELECT count(v) FROM "raw"."m"')
     assert raw[0]["count"] == len(sender.acked)
-    overview = httpx.get(f"{worker.url}/jobs/overview").json()["jobs"][0]
+    overview = HTTP.get(f"{worker.url}/jobs/overview").json()["jobs"][0]
     assert overview["state"] == "RUNNING"
     assert overview["key_groups"] == [0, 1, 2, 3]
-    checkpoints = httpx.get(f"{worker.url}/checkpoints").json()
+    checkpoints = HTTP.get(f"{worker.url}/checkpoints").json()
     assert checkpoints["counts"]["completed"] > 0
     metrics = metrics_of(worker)
     assert metrics["metricsflow_worker_points_in_total"] >= len(sender.acked)
@@ -128,8 +128,7 @@ async def test_rebalancing_one_to_three_to_one_workers_with_one_sigkilled_keeps_
     deadline = time.monotonic() + 60
     while True:  # keep sending until the group has settled on three owners
         owned = [
-            httpx.get(f"{w.url}/jobs/overview").json()["jobs"][0]["key_groups"]
-            for w in (w1, w2, w3)
+            HTTP.get(f"{w.url}/jobs/overview").json()["jobs"][0]["key_groups"] for w in (w1, w2, w3)
         ]
         settled = sorted(kg for kgs in owned for kg in kgs) == [0, 1, 2, 3, 4, 5] and all(owned)
         if settled or time.monotonic() > deadline:
@@ -142,7 +141,7 @@ async def test_rebalancing_one_to_three_to_one_workers_with_one_sigkilled_keeps_
     w3.terminate()
     sender.run_for(3)
     assert_tiers_match_oracle(stack, sender, timeout_s=90)
-    assert httpx.get(f"{w1.url}/jobs/overview").json()["jobs"][0]["key_groups"] == list(range(6))
+    assert HTTP.get(f"{w1.url}/jobs/overview").json()["jobs"][0]["key_groups"] == list(range(6))
 
 
 async def test_an_upgrade_through_stop_with_savepoint_changes_lateness_and_adds_a_tier(
@@ -153,7 +152,7 @@ async def test_an_upgrade_through_stop_with_savepoint_changes_lateness_and_adds_
     old = {"METRICSFLOW_TIERS": "raw:7d,1s:7d,5s:7d", "METRICSFLOW_ALLOWED_LATENESS": "1m"}
     w1 = stack.worker("w1", **old)
     sender.run_for(3)
-    stopped = httpx.post(f"{w1.url}/stop", timeout=60)
+    stopped = HTTP.post(f"{w1.url}/stop", timeout=60)
     assert stopped.status_code == 200, stopped.text
     savepoint = stopped.json()["location"]
     assert w1.proc.wait(30) == 0
@@ -274,7 +273,7 @@ async def test_a_kafka_restart_and_a_long_influxdb_outage_lose_nothing_with_boun
             ):
                 started = time.monotonic()
                 # the event loop must stay free: the REST API answers within a second
-                health = httpx.get(f"{worker.url}/health", timeout=1).json()
+                health = HTTP.get(f"{worker.url}/health", timeout=1).json()
                 latency = time.monotonic() - started
                 samples.append(
                     (

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from metricsflow.checkpointing.metadata import read_metadata
@@ -26,6 +25,7 @@ from metricsflow.checkpointing.recovery import CheckpointRecovery
 from metricsflow.checkpointing.storage import FsCheckpointStorage
 from metricsflow.job.recovery import offset_of
 from tests.job.stack import (
+    HTTP,
     TIERS,
     Proc,
     Sender,
@@ -41,12 +41,12 @@ from tests.job.stack import (
 
 __all__ = ["stack_factory"]
 
-# ruff: noqa: ASYNC210, ASYNC251 - the tests drive subprocesses synchronously on purpose
+# ruff: noqa: ASYNC251 - the tests drive subprocesses synchronously on purpose
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def owned(worker: Proc) -> list[int]:
-    jobs = httpx.get(f"{worker.url}/jobs/overview", timeout=10).json()["jobs"]
+    jobs = HTTP.get(f"{worker.url}/jobs/overview", timeout=10).json()["jobs"]
     return list(jobs[0]["key_groups"])
 
 
@@ -103,7 +103,7 @@ async def test_joining_workers_during_an_influxdb_outage_never_regress_a_tier(
 
 
 def completed_checkpoints(worker: Proc) -> int:
-    return int(httpx.get(f"{worker.url}/checkpoints", timeout=10).json()["counts"]["completed"])
+    return int(HTTP.get(f"{worker.url}/checkpoints", timeout=10).json()["counts"]["completed"])
 
 
 def log_since(worker_log: Path, offset: int) -> str:
@@ -158,7 +158,7 @@ async def test_a_savepoint_older_than_the_newest_checkpoint_is_restored_when_ask
     sender = Sender(stack.gateway.url, stack.db, seed=29)
     w1 = stack.worker("w1")
     sender.run_for(2)
-    answer = httpx.post(f"{w1.url}/savepoints", timeout=60)
+    answer = HTTP.post(f"{w1.url}/savepoints", timeout=60)
     assert answer.status_code == 200, answer.text
     savepoint = answer.json()["location"]
     saved = read_metadata(FsCheckpointStorage(savepoint), "_metadata")

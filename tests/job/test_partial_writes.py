@@ -25,7 +25,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from metricsflow.infra.process import free_port
-from tests.job.stack import Stack, spawn, stack_factory, wait_http
+from tests.job.stack import HTTP, Stack, spawn, stack_factory, wait_http
 
 __all__ = ["stack_factory"]
 
@@ -62,7 +62,7 @@ def telegraf_headers(v2: bool = False) -> dict[str, str]:
 
 def raw_count(stack: Stack, measurement: str) -> int:
     """Points of ``measurement`` in the raw tier (0 before the worker created the tier)."""
-    r = httpx.post(
+    r = HTTP.post(
         f"{stack.influx.url}/query",
         data={"db": stack.db, "q": f'SELECT count(usage_idle) FROM "raw"."{measurement}"'},
         timeout=60,

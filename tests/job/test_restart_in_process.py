@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -21,6 +20,7 @@ from metricsflow.infra.kafka import KafkaServer
 from metricsflow.job.runner import DownsamplingRunner
 from metricsflow.model.message import make_headers
 from metricsflow.worker.settings import WorkerSettings
+from tests.job.stack import HTTP
 
 pytestmark = [pytest.mark.integration]
 
@@ -50,7 +50,7 @@ async def produce(bootstrap: str, topic: str, db: str, first: int, count: int) -
 
 
 def raw_count(influx: InfluxDBServer, db: str) -> int:
-    r = httpx.get(f"{influx.url}/query", params={"db": db, "q": 'SELECT count(v) FROM "raw"."m"'})
+    r = HTTP.get(f"{influx.url}/query", params={"db": db, "q": 'SELECT count(v) FROM "raw"."m"'})
     series = r.json()["results"][0].get("series")
     return int(series[0]["values"][0][1]) if series else 0
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.job.stack import (  # the same stack as the end-to-end tests
+    HTTP,
     METRICSFLOW,
     TIERS,
     Sender,
@@ -28,7 +28,7 @@ from tests.job.stack import (  # the same stack as the end-to-end tests
 
 __all__ = ["stack_factory"]  # the fixture, re-exported for this module's tests
 
-# ruff: noqa: ASYNC210, ASYNC221, ASYNC251 - the tests drive subprocesses synchronously on purpose
+# ruff: noqa: ASYNC221, ASYNC251 - the tests drive subprocesses synchronously on purpose
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -95,7 +95,7 @@ async def test_queryable_state_returns_the_in_progress_aggregates_of_one_series(
     url = f"{worker.url}/state/{stack.db}/{series}"
     deadline = time.monotonic() + 30
     while True:  # until the worker has read everything the gateway acknowledged
-        body = httpx.get(url, timeout=10).json()
+        body = HTTP.get(url, timeout=10).json()
         problems = []
         for tier, window in TIERS.items():
             expected = {
@@ -121,7 +121,7 @@ async def test_queryable_state_returns_the_in_progress_aggregates_of_one_series(
     assert body["db"] == stack.db
     assert body["series_key"] == series
     assert body["key_group"] in (0, 1)
-    other_db = httpx.get(f"{worker.url}/state/another_db/{series}", timeout=10).json()
+    other_db = HTTP.get(f"{worker.url}/state/another_db/{series}", timeout=10).json()
     assert all(rows == [] for rows in other_db["tiers"].values())
 
 
@@ -134,14 +134,14 @@ async def test_queryable_state_is_404_on_a_worker_that_does_not_own_the_series_p
     deadline = time.monotonic() + 60
     while True:  # until the group settled on one partition each
         owned = [
-            httpx.get(f"{w.url}/jobs/overview").json()["jobs"][0]["key_groups"] for w in (w1, w2)
+            HTTP.get(f"{w.url}/jobs/overview").json()["jobs"][0]["key_groups"] for w in (w1, w2)
         ]
         if sorted(kg for kgs in owned for kg in kgs) == [0, 1] and all(owned):
             break
         assert time.monotonic() < deadline, owned
         time.sleep(0.5)
     series = "m,host=h000"
-    answers = [httpx.get(f"{w.url}/state/{stack.db}/{series}", timeout=10) for w in (w1, w2)]
+    answers = [HTTP.get(f"{w.url}/state/{stack.db}/{series}", timeout=10) for w in (w1, w2)]
     assert sorted(a.status_code for a in answers) == [200, 404]
     owner = next(a for a in answers if a.status_code == 200).json()
     assert [owner["key_group"]] in owned
