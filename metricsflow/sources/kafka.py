@@ -515,8 +515,10 @@ class KafkaPartitionReader(SourceReader):
                     received_ns=np.concatenate(rec_parts),
                 )
             )
-        if newest_received is not None:  # series churn; the batches keep the tuple they carry
-            self._keys.sweep(newest_received)
+        # series churn: the batches keep the tuple they carry; the interner ids go with it
+        if newest_received is not None and self._keys.sweep(newest_received):
+            self._nul_series.clear()
+            self._nul_fields.clear()
         end = int(records[-1].offset) + 1
         if self._pending:
             self._pending_end_offset = end
@@ -525,8 +527,9 @@ class KafkaPartitionReader(SourceReader):
 
     def _check_keys(self, cols: ColumnarChunk, known_series: int, known_fields: int) -> None:
         """``KeySeparatorError`` when a sample of ``cols`` has a key holding NUL. The interner
-        keeps every key (append-only), so new keys are checked once and the ids of the bad
-        ones remembered; a record is looked at only while there are such ids."""
+        keeps every key (append-only until the key index sweeps, which clears these ids), so
+        new keys are checked once and the ids of the bad ones remembered; a record is looked
+        at only while there are such ids."""
         for i in range(known_series, len(cols.series_keys)):
             if "\x00" in cols.series_keys[i]:
                 self._nul_series.add(i)
