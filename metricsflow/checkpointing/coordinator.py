@@ -155,6 +155,7 @@ class CheckpointStats:
     trigger_timestamp_ns: int
     duration_ns: int
     state_size: int = 0
+    written_bytes: int = 0
     sync_duration_ns: int = 0
     async_duration_ns: int = 0
     alignment_duration_ns: int = 0
@@ -468,6 +469,7 @@ class CheckpointCoordinator:
                 trigger_timestamp_ns=pending.trigger_timestamp_ns,
                 duration_ns=completed.duration_ns,
                 state_size=completed.state_size,
+                written_bytes=metadata.written_bytes,
                 sync_duration_ns=completed.sync_duration_ns,
                 async_duration_ns=completed.async_duration_ns,
                 alignment_duration_ns=completed.alignment_duration_ns,

@@ -203,6 +203,11 @@ class WorkerCollector(Collector):
                 value=last.state_size,
             )
             yield GaugeMetricFamily(
+                p + "checkpoint_written_bytes",
+                "Bytes the last completed checkpoint wrote (incremental: what changed).",
+                value=last.written_bytes,
+            )
+            yield GaugeMetricFamily(
                 p + "checkpoint_alignment_seconds",
                 "Barrier alignment time of the last completed checkpoint.",
                 value=last.alignment_duration_ns / 1e9,

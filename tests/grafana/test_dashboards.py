@@ -496,7 +496,7 @@ def worker_metric_names() -> set[str]:
     from metricsflow.worker.metrics import WorkerCollector
 
     checkpoint = SimpleNamespace(
-        status="completed", duration_ns=1, state_size=1, alignment_duration_ns=0
+        status="completed", duration_ns=1, state_size=1, written_bytes=1, alignment_duration_ns=0
     )
 
     def no_task(_kg: int) -> Any:

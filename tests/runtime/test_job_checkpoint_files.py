@@ -141,3 +141,22 @@ async def test_a_partition_whose_chain_lives_in_another_root_moves_and_outlives_
     assert plan.max_checkpoint_id == b_checkpoint
     await b.job_factory(source, results)(plan).run()
     assert results.latest == expected.latest
+
+
+async def test_a_checkpoint_with_nothing_new_to_write_says_so_in_its_statistics(
+    runner_factory: Callable[..., JobRunner],
+) -> None:
+    runner = runner_factory("heap", MANUAL)
+    source = endless(4, delay_s=0.0)
+    job = runner.job_factory(source, CollectedResults())(None)
+    task = asyncio.create_task(job.run())
+    await asyncio.wait_for(source.wait_for_position(11), WAIT_S)  # everything read
+    await job.trigger_checkpoint()
+    await job.trigger_checkpoint()
+    job.cancel()
+    await task
+
+    first, second = list(job.coordinator.history)[-2:]
+    assert first.written_bytes == first.state_size > 10_000
+    assert second.state_size == first.state_size
+    assert second.written_bytes < 1_000  # the source positions only
