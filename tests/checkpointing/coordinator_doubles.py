@@ -116,6 +116,13 @@ class RecordingStorage(FsCheckpointStorage):
         self.hold_metadata = False
         self.metadata_started = threading.Event()
         self.release_metadata = threading.Event()
+        self._deletions: dict[str, threading.Event] = {}
+        self._deletions_lock = threading.Lock()
+
+    def deletion(self, relative_path: str) -> threading.Event:
+        """Set once a ``delete`` of ``relative_path`` returned."""
+        with self._deletions_lock:
+            return self._deletions.setdefault(relative_path, threading.Event())
 
     def write_atomic(self, relative_path: str, data: bytes) -> None:
         if relative_path.rsplit("/", 1)[-1] != METADATA_FILE:  # a state file (write_file)
@@ -132,6 +139,7 @@ class RecordingStorage(FsCheckpointStorage):
     def delete(self, relative_path: str) -> None:
         self.deleted.append(relative_path)
         super().delete(relative_path)
+        self.deletion(relative_path).set()
 
 
 class WatchedClock(ManualClock):

@@ -20,6 +20,7 @@ from metricsflow.checkpointing.metadata import (
     checkpoint_dir,
     decode_metadata,
     metadata_path,
+    shared_checkpoint_dir,
 )
 from metricsflow.checkpointing.protocol import (
     CheckpointType,
@@ -345,16 +346,20 @@ async def test_a_checkpoint_aborted_while_its_metadata_is_written_leaves_no_meta
         future = asyncio.ensure_future(setup.coordinator.trigger_savepoint(storage, "sp"))
         checkpoint_id = (await setup.participants.barrier()).checkpoint_id
         written = METADATA_FILE
+        last_cleaned = METADATA_FILE
     else:
         storage = setup.storage
         future, checkpoint_id = await setup.triggered()
         written = metadata_path(checkpoint_id)
+        last_cleaned = shared_checkpoint_dir(checkpoint_id)
     storage.hold_metadata = True
     acknowledge_all(setup.coordinator, checkpoint_id, storage=storage)
     assert await asyncio.to_thread(storage.metadata_started.wait, WAIT_S)
     # e.g. a rebalance revoked key groups while the metadata was being written
     setup.coordinator.abort_pending_checkpoints(CheckpointFailureReason.JOB_FAILOVER_REGION)
     assert (await failure_of(future)).reason is CheckpointFailureReason.JOB_FAILOVER_REGION
+    # the abort's cleanup is done before the write goes on (else the two race on the files)
+    assert await asyncio.to_thread(storage.deletion(last_cleaned).wait, WAIT_S)
     storage.release_metadata.set()
     await setup.coordinator.shutdown()  # waits for the write and every cleanup
     assert storage.atomic_writes == [written]  # it was written ...
