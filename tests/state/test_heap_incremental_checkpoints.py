@@ -3,6 +3,7 @@ reference-counted across checkpoints like RocksDB's SST files (state/heap_segmen
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from metricsflow.checkpointing.shared_registry import (
     remove_unreferenced_shared_files,
 )
 from metricsflow.checkpointing.storage import FsCheckpointStorage
-from metricsflow.errors import CheckpointError
+from metricsflow.errors import CheckpointError, StateError
 from metricsflow.state import (
     INT64,
     STR,
@@ -290,3 +291,38 @@ def test_persisting_a_snapshot_logs_nothing_at_info(
         backend.snapshot(1, [0, 1, 2], storage).run()
         backend.snapshot(2, [0, 1, 2], storage, incremental=False).run()
     assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_a_segments_handle_of_an_unknown_format_version_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    backend = heap()
+    storage = FsCheckpointStorage(str(tmp_path))
+    backend.put(0, "names", key(1), "x")
+    handle = backend.snapshot(1, [0], storage).run()[0]
+    future = dataclasses.replace(handle, format_version=2)
+    with pytest.raises(StateError, match="heap segment format 2 is not supported"):
+        heap().restore([future], storage)
+
+
+def test_a_checkpoint_in_the_full_format_restores_and_the_next_one_is_incremental(
+    tmp_path: Path,
+) -> None:
+    """Checkpoints written before incremental heap checkpoints (full files) still restore."""
+    old = heap()
+    storage = FsCheckpointStorage(str(tmp_path))
+    for i in range(100):
+        old.put(0, "counts", key(i), i)
+    full = old.snapshot(1, [0], storage, incremental=False).run()[0]
+    backend = heap()
+    backend.restore([full], storage)
+    backend.put(0, "counts", key(1), -1)
+
+    handle = backend.snapshot(2, [0], storage).run()[0]
+
+    assert full.metadata["kind"] == "full"
+    assert handle.metadata["kind"] == KIND
+    assert dict(restored(handle, storage).scan(0, "counts")) == {
+        **{key(i): i for i in range(100)},
+        key(1): -1,
+    }
