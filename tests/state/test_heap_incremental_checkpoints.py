@@ -185,7 +185,7 @@ def test_what_a_checkpoint_references_stays_within_one_and_a_half_times_the_live
     backend = heap(segment_bytes=2048)
     storage = FsCheckpointStorage(str(tmp_path))
     registry = SharedStateRegistry()
-    for round_ in range(1, 120):
+    for round_ in range(1, 80):
         for i in range(round_ * 100, round_ * 100 + 100):
             backend.put(0, "names", key(i), f"window-{i:08d}")
         backend.put(0, "names", key(max(0, round_ * 100 - 1500)), f"late-{round_:08d}")
