@@ -85,7 +85,7 @@ class SharedStateRegistry:
                 else:
                     del self._refcount[path]
                     unused.append(self._handles.pop(path))
-        log.info(
+        log.debug(  # the coordinator logs the discard (one INFO line)
             "shared state released checkpoint_id=%d references=%d unused_files=%d",
             checkpoint_id,
             len(paths),

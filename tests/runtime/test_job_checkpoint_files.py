@@ -5,9 +5,12 @@ checkpoint cut short by a crash are deleted at the next start."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from metricsflow.checkpointing.config import CheckpointConfig
 from metricsflow.checkpointing.metadata import metadata_path
@@ -160,3 +163,31 @@ async def test_a_checkpoint_with_nothing_new_to_write_says_so_in_its_statistics(
     assert first.written_bytes == first.state_size > 10_000
     assert second.state_size == first.state_size
     assert second.written_bytes < 1_000  # the source positions only
+
+
+async def test_checkpoints_log_per_checkpoint_not_per_partition(
+    runner_factory: Callable[..., JobRunner], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backends log per key group at DEBUG; at INFO a checkpoint is a few coordinator
+    lines (triggered, completed with its size and written bytes, the one it replaces
+    discarded), whatever the number of partitions."""
+    runner = runner_factory("heap", MANUAL)
+    source = endless(6)
+    job = runner.job_factory(source, CollectedResults())(None)
+    task = asyncio.create_task(job.run())
+    await asyncio.wait_for(source.wait_for_position(1), WAIT_S)
+    with caplog.at_level(logging.INFO):
+        for _ in range(4):
+            await job.trigger_checkpoint()
+        records = [r for r in caplog.records if r.levelno >= logging.INFO]
+    job.cancel()
+    await task
+
+    assert len(source.key_groups) == 3
+    assert not [r.getMessage() for r in records if r.name.startswith("metricsflow.state")]
+    kinds = [r.getMessage().split(" checkpoint_id=")[0] for r in records]
+    assert kinds.count("checkpoint triggered") == kinds.count("checkpoint completed") == 4
+    assert kinds.count("checkpoint discarded") <= 2  # the last discard may still be running
+    assert set(kinds) <= {"checkpoint triggered", "checkpoint completed", "checkpoint discarded"}
+    completed = [r.getMessage() for r in records if "checkpoint completed" in r.getMessage()]
+    assert all(" written=" in m for m in completed)
