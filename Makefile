@@ -11,10 +11,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.metricsflow-deps
 PYTEST_ARGS ?=
 
-.PHONY: help deps infra-install test lint format typecheck pytest coverage run bench clean distclean
+.PHONY: help deps infra-install test test-long lint format typecheck pytest coverage run bench clean distclean
 
 help:
 	@echo "make test       install deps + Kafka + InfluxDB, then lint, typecheck, pytest"
+	@echo "make test-long  opt-in long tests (marker 'long', ~3.5 min): 1m tier vs Prometheus increase()"
 	@echo "make run        Kafka + InfluxDB (+ app components) in the foreground; Ctrl-C stops"
 	@echo "make lint       ruff check + ruff format --check + import contracts (lint-imports)"
 	@echo "make typecheck  mypy (strict, config in pyproject.toml)"
@@ -75,6 +76,11 @@ test: $(STAMP) infra-install
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Opt-in long tests (pytest marker `long`, deselected by default in pyproject's addopts):
+# tests/truth/test_prometheus_1m.py, a real Prometheus against the 1m tier (~3.5 minutes).
+test-long: $(STAMP) infra-install
+	$(BIN)/pytest -m long $(PYTEST_ARGS)
 
 # --- Running ------------------------------------------------------------------------------
 # Components are listed in metricsflow/infra/stack.py (RUN_COMPONENTS). Ports: README.md.
