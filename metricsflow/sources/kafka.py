@@ -10,15 +10,23 @@
 * **Kafka's committed offsets are for lag monitoring only**: a reader commits the position of
   checkpoint *n* when *n* completes; resuming always uses the position in the checkpoint, or
   the earliest offset when no checkpoint holds the partition. ``enable_auto_commit=False``.
-* **Micro-batches**: ``poll`` fetches what one ``getmany`` returns for its partition, decodes
+* **Micro-batches**: ``poll`` fetches what one ``getmany`` returns for its partition (at most
+  ``max_records_per_fetch`` records), cuts it into micro-batches of at most
+  ``max_points_per_fetch`` points (:func:`micro_batches`; a record's points are its lines,
+  counted before decoding; a single larger record is a micro-batch of its own), keeps the
+  records of the later micro-batches and decodes one micro-batch per ``poll``, with a turn of
+  the event loop before each held one: one ``poll`` never holds the loop for more than one
+  bounded micro-batch, whatever the records hold. For each micro-batch it decodes
   every record with :func:`metricsflow.model.columnar.decode_columnar` (headers checked by
   :func:`metricsflow.model.message.read_headers`) and hands out, in order,
   one :class:`RawLinesBatch` per database (the raw tier, lines unchanged) and then one
   :class:`RecordBatch` (numeric samples, keys ``window_key(db, series, field)``, and per
   sample its receive time, see :func:`received_ns`). The position
-  advances past the fetched records only with that last element, so a barrier between the
-  elements of one fetch replays the raw lines (an idempotent overwrite) but never counts a
-  sample twice.
+  advances past the micro-batch's records only with that last element, so a barrier between the
+  elements of one micro-batch replays the raw lines (an idempotent overwrite) but never counts a
+  sample twice; a barrier between two micro-batches of one fetch snapshots the position between
+  them (the records held for later are dropped on restore, revocation and close: the consumer
+  seeks to the restored position).
 * **Backpressure**: aiokafka fetches a partition again only after its previous fetch was
   drained, so an unread reader holds at most ``max_partition_fetch_bytes`` in memory. While
   the source's ``admission`` says no (the sink is saturated), a reader **pauses** its partition
@@ -39,10 +47,10 @@
   ``mf-dlq-offset``, ``mf-dlq-time-ns``) and skipped. Producing the dead letter is awaited
   (and retried) before the reader moves on. A record whose decoding raises anything else is
   dead-lettered the same way (decoding is per record and changes no state).
-* **Failure isolation** (:mod:`metricsflow.runtime.isolation`): the elements of one fetch come
-  from offsets ``[first record, last record + 1)`` (``last_range``); inside a suspect range a
+* **Failure isolation** (:mod:`metricsflow.runtime.isolation`): the elements of one micro-batch
+  come from offsets ``[first record, last record + 1)`` (``last_range``); inside a suspect range a
   reader fetches one record at a time (and a fetch before it stops at its start), skips the
-  poison offsets, and ``dead_letter`` produces the poison record of the last fetch to the
+  poison offsets, and ``dead_letter`` produces the poison record of the last micro-batch to the
   dead-letter topic like an undecodable one (``poison_records`` in the stats).
 """
 
@@ -85,7 +93,9 @@ class KafkaSourceConfig:
     """Empty = ``<topic>.dlq``."""
     client_id: str = "metricsflow-worker"
     max_records_per_fetch: int = 2_000
-    """Records per ``getmany`` per partition: the micro-batch size."""
+    """Records per ``getmany`` per partition."""
+    max_points_per_fetch: int = 100_000
+    """Points per micro-batch (a fetch is cut into several; one larger record is one)."""
     max_partition_fetch_bytes: int = 4 * 1024 * 1024
     fetch_max_wait_ms: int = 100
     poll_timeout_ms: int = 50
@@ -102,6 +112,10 @@ class KafkaSourceConfig:
             raise ConfigurationError("the Kafka source needs a topic (METRICSFLOW_KAFKA_TOPIC)")
         if self.max_records_per_fetch < 1:
             raise ConfigurationError("max_records_per_fetch must be >= 1")
+        if self.max_points_per_fetch < 1:
+            raise ConfigurationError(
+                f"max_points_per_fetch must be >= 1, got {self.max_points_per_fetch}"
+            )
 
     @property
     def dlq_topic(self) -> str:
@@ -109,6 +123,28 @@ class KafkaSourceConfig:
 
 
 _UNKNOWN_RECEIVED = 2**63 - 1
+
+
+def record_points(value: bytes | None) -> int:
+    """The points of an ``lp1`` record value, counted without decoding: one per line (an
+    empty value or a tombstone has none). The decoding work of a record is proportional."""
+    return value.count(b"\n") + 1 if value else 0
+
+
+def micro_batches(points: Sequence[int], max_points: int) -> list[tuple[int, int]]:
+    """Cut consecutive records (``points[i]`` points each) into ``[start, end)`` slices, in
+    order and covering all of them, greedily: each slice holds at most ``max_points`` points,
+    except a slice of one record that alone holds more."""
+    out: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for i, n in enumerate(points):
+        if i > start and total + n > max_points:
+            out.append((start, i))
+            start, total = i, 0
+        total += n
+    if start < len(points):
+        out.append((start, len(points)))
+    return out
 
 
 def received_ns(header_ns: int | None, record: Any) -> int:
@@ -322,6 +358,8 @@ class KafkaPartitionReader(SourceReader):
         self._seek_pending = True
         self._pending: deque[SourceElement] = deque()
         self._pending_end_offset: int | None = None
+        self._held: deque[Sequence[Any]] = deque()
+        """The later micro-batches of the last fetch, not decoded yet (module docstring)."""
         self._checkpoint_offsets: dict[int, int] = {}
         self._closed = False
         self._paused = False
@@ -341,6 +379,7 @@ class KafkaPartitionReader(SourceReader):
         self._seek_to = None if position is None else decode_offset(position)
         self._seek_pending = True
         self._pending.clear()
+        self._held.clear()
 
     async def _seek(self) -> None:
         consumer = self.source.consumer
@@ -383,6 +422,12 @@ class KafkaPartitionReader(SourceReader):
             consumer.resume(self.tp)
             self._paused = False
             logger.info("partition resumed partition=%d", self.key_group)
+        if self._held:
+            await asyncio.sleep(0)  # the loop's turn (heartbeats, barriers) between batches
+            if self._closed or not self._held:
+                return None
+            await self._decode(self._held.popleft())
+            return self._take() if self._pending else None
         fetched = await consumer.getmany(
             self.tp, timeout_ms=cfg.poll_timeout_ms, max_records=self._fetch_limit()
         )
@@ -392,7 +437,11 @@ class KafkaPartitionReader(SourceReader):
         if not records:
             self._caught_up = self._is_caught_up()
             return None
-        await self._decode(records)
+        points = [record_points(r.value) for r in records]
+        cuts = micro_batches(points, cfg.max_points_per_fetch)
+        self._held.extend(records[start:end] for start, end in cuts[1:])
+        first, end = cuts[0]
+        await self._decode(records[first:end])
         return self._take() if self._pending else None
 
     def _fetch_limit(self) -> int:
@@ -423,7 +472,13 @@ class KafkaPartitionReader(SourceReader):
     def _is_caught_up(self) -> bool:
         """A fresh fetch response says there is nothing beyond our position."""
         consumer = self.source._consumer
-        if consumer is None or self._paused or self._pending or self.next_offset is None:
+        if (
+            consumer is None
+            or self._paused
+            or self._pending
+            or self._held
+            or self.next_offset is None
+        ):
             return False
         try:
             high = consumer.highwater(self.tp)
@@ -582,3 +637,4 @@ class KafkaPartitionReader(SourceReader):
     def close(self) -> None:
         self._closed = True
         self._pending.clear()
+        self._held.clear()

@@ -183,8 +183,18 @@ class WorkerSettings(BaseSettings):
         default=2_000,
         ge=1,
         description=(
-            "Most records one fetch of one partition returns: the micro-batch size. Larger "
-            "batches cost less per point but hold more in memory and delay checkpoint barriers."
+            "Most records one fetch of one partition returns. Larger fetches cost less per "
+            "point; what one micro-batch processes is bounded by `kafka_max_points_per_fetch`."
+        ),
+    )
+    kafka_max_points_per_fetch: int = Field(
+        default=100_000,
+        ge=1,
+        description=(
+            "Most points one micro-batch of one partition holds: a fetch is cut into several "
+            "micro-batches (a record's points are its lines; one larger record is a micro-batch "
+            "of its own), processed one at a time with a turn of the event loop between them, "
+            "so a fetch of large records cannot hold the loop past the session timeout."
         ),
     )
     kafka_session_timeout_ms: int = Field(
@@ -510,6 +520,7 @@ class WorkerSettings(BaseSettings):
                 dead_letter_topic=self.kafka_dead_letter_topic,
                 client_id=f"metricsflow-{self.effective_worker_id}",
                 max_records_per_fetch=self.kafka_max_records_per_fetch,
+                max_points_per_fetch=self.kafka_max_points_per_fetch,
                 session_timeout_ms=self.kafka_session_timeout_ms,
             ),
             sink=InfluxDBSinkConfig(

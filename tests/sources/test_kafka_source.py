@@ -62,13 +62,16 @@ SourceFactory = Callable[..., Awaitable[tuple[KafkaSource, RecordingListener]]]
 async def source_factory(kafka_broker: KafkaServer) -> AsyncIterator[SourceFactory]:
     sources: list[KafkaSource] = []
 
-    async def make(topic: str, group: str | None = None) -> tuple[KafkaSource, RecordingListener]:
+    async def make(
+        topic: str, group: str | None = None, **config: Any
+    ) -> tuple[KafkaSource, RecordingListener]:
         source = KafkaSource(
             "kafka-source",
             KafkaSourceConfig(
                 bootstrap_servers=kafka_broker.bootstrap,
                 topic=topic,
                 group_id=group or f"g-{uuid.uuid4().hex[:8]}",
+                **config,
             ),
         )
         listener = RecordingListener()
@@ -159,6 +162,41 @@ async def test_a_barrier_between_the_elements_of_one_fetch_replays_it_whole(
         element = await reader.poll()
     assert isinstance(element, RawLinesBatch)
     assert decode_offset(reader.snapshot_position(1)) == 0
+
+
+async def test_a_fetch_of_large_records_is_cut_into_micro_batches_of_bounded_points(
+    kafka_broker: KafkaServer, topic_factory: TopicFactory, source_factory: SourceFactory
+) -> None:
+    topic = await topic_factory(partitions=1)
+    sizes = [3, 4, 1, 12, 2, 2, 5]  # points per record; 12 alone exceeds the bound
+    records, t = [], 0
+    for n in sizes:
+        records.append(lp1("db", *(f"m v={t + i} {t + i}" for i in range(n))))
+        t += n
+    await produce(kafka_broker.bootstrap, topic, 0, records)
+    source, listener = await source_factory(topic, max_points_per_fetch=8)
+    await wait_for(lambda: listener.assigned == {0})
+    reader = source.create_reader(0)
+    reader.restore_position(None)
+    batches: list[tuple[PositionRange | None, list[float], int]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while sum(len(values) for _, values, _ in batches) < t:
+        assert loop.time() < deadline, f"timed out, got {batches}"
+        element = await reader.poll()
+        if isinstance(element, RecordBatch):
+            position = decode_offset(reader.snapshot_position(len(batches)))
+            batches.append((reader.last_range(), element.values.tolist(), position))
+    ranges = [r for r, _, _ in batches]
+    assert all(r is not None for r in ranges)
+    # in order and contiguous, and the position advances past each micro-batch with it
+    assert [(r.first, r.end) for r in ranges if r] == list(
+        zip([0] + [p for _, _, p in batches[:-1]], [p for _, _, p in batches], strict=True)
+    )
+    assert PositionRange(3, 4) in ranges  # the record of 12 points: a micro-batch of its own
+    assert all(len(v) <= 8 or len(r or ()) == 1 for r, v, _ in batches)
+    assert [v for _, values, _ in batches for v in values] == [float(i) for i in range(t)]
+    assert source.stats.points_in == t
 
 
 async def test_a_restored_reader_resumes_at_the_checkpointed_offset(
