@@ -121,6 +121,18 @@ class BackpressureAwaitable(Protocol):
 
 
 @runtime_checkable
+class AsyncBatchProcessor(Protocol):
+    """A sink operator whose processing of one element may be long (encoding a big batch):
+    the sink task awaits this instead of ``process_batch``, so the operator can let the event
+    loop run (Kafka heartbeats) between slices. Elements are still taken one at a time, in
+    channel order."""
+
+    async def process_batch_async(
+        self, batch: RecordBatch | AggregateBatch | RawLinesBatch, output: Output
+    ) -> None: ...
+
+
+@runtime_checkable
 class SideOutputConsumer(Protocol):
     """A sink operator that accepts side outputs (e.g. ``"late"`` points)."""
 
@@ -603,6 +615,11 @@ class SinkTask(_TaskBase):
             if isinstance(self.operator, BackpressureAwaitable)
             else None
         )
+        process_async = (
+            self.operator.process_batch_async
+            if isinstance(self.operator, AsyncBatchProcessor)
+            else None
+        )
         while True:
             if capacity is not None:
                 await capacity()
@@ -620,6 +637,8 @@ class SinkTask(_TaskBase):
                     self.operator.process_side_output(element.tag, element.element)
                 else:
                     self.side_outputs_unclaimed += 1
+            elif process_async is not None:
+                await process_async(element, self._output)
             else:
                 self.operator.process_batch(element, self._output)
             while self._triggered:

@@ -39,6 +39,7 @@ is assigned back, :meth:`InfluxDBSink.unfence`).
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
 import threading
@@ -71,7 +72,7 @@ from metricsflow.sinks.influxdb_client import (
     influxql_duration,
     quote_ident,
 )
-from metricsflow.sinks.lines import aggregate_lines
+from metricsflow.sinks.lines import aggregate_lines, aggregate_lines_sliced
 from metricsflow.sinks.retention import (
     RetentionDropLog,
     drop_beyond_retention,
@@ -229,9 +230,30 @@ class InfluxDBSink(Sink):
         self._add(batch.key_group, batch.database, RAW_TIER, batch.lines, batch.point_count)
 
     def write_aggregates(self, batch: AggregateBatch) -> None:
+        self._check_tier(batch)
+        self._add_lines(batch, aggregate_lines(batch))
+
+    async def write_aggregates_async(self, batch: AggregateBatch) -> None:
+        """The same lines, in the same order, as :meth:`write_aggregates`; encoded in slices
+        with the event loop free in between. They are buffered in one step at the end, so a
+        fence (revocation) or a close that happens meanwhile applies to the whole batch."""
+        self._check_tier(batch)
+        encoder = aggregate_lines_sliced(batch)
+        while True:
+            try:
+                next(encoder)
+            except StopIteration as done:
+                by_db: dict[str, list[bytes]] = done.value
+                break
+            await asyncio.sleep(0)
+        self._add_lines(batch, by_db)
+
+    def _check_tier(self, batch: AggregateBatch) -> None:
         if batch.tier not in self._tier_names:
             raise ConfigurationError(f"tier {batch.tier!r} is not configured in the sink")
-        for db, lines in aggregate_lines(batch).items():
+
+    def _add_lines(self, batch: AggregateBatch, by_db: dict[str, list[bytes]]) -> None:
+        for db, lines in by_db.items():
             self._add(batch.key_group, db, batch.tier, b"\n".join(lines), len(lines))
 
     def _add(self, key_group: int, db: str, rp: str, chunk: bytes, points: int) -> None:

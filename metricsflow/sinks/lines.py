@@ -17,6 +17,7 @@ DDSketch>"`` and ``p50_f``, ``p90_f``, ``p95_f``, ``p99_f`` (docs/counters-and-p
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 
 from metricsflow.model.escaping import escape_field_key as escape_key
 from metricsflow.runtime.records import AggregateBatch, split_window_key
@@ -24,16 +25,38 @@ from metricsflow.windows import sketches
 
 _PERCENT_NAMES = tuple(f"p{p}" for p in sketches.PERCENTILES)
 
+SLICE_ROWS = 2_000
+"""Rows (or distinct series keys) encoded between two pauses of :func:`aggregate_lines_sliced`:
+a few milliseconds of per-row formatting, so an event loop driving it is never held long."""
+
+LinesBySlices = Generator[None, None, dict[str, list[bytes]]]
+
 
 def aggregate_lines(batch: AggregateBatch) -> dict[str, list[bytes]]:
     """Encode the rows of ``batch`` as line protocol, grouped by database."""
+    encoder = aggregate_lines_sliced(batch, len(batch) + 1)
+    while True:
+        try:
+            next(encoder)
+        except StopIteration as done:
+            by_db: dict[str, list[bytes]] = done.value
+            return by_db
+
+
+def aggregate_lines_sliced(batch: AggregateBatch, slice_rows: int = SLICE_ROWS) -> LinesBySlices:
+    """:func:`aggregate_lines` in slices: pauses (``yield``) after every ``slice_rows`` rows
+    and series keys, and returns the same lines (``StopIteration.value``). The job's sink
+    drives it with ``await asyncio.sleep(0)`` between slices, so encoding a big batch never
+    holds the event loop (Kafka heartbeats) for more than one slice."""
     # ``batch.keys`` is the producing operator's whole (append-only) key dictionary: split
     # only the keys this batch uses, or every emission would cost O(all series).
     idx = batch.key_idx.tolist()
     prefixes: dict[int, tuple[str, str, str]] = {}
-    for k in set(idx):
+    for j, k in enumerate(set(idx), 1):
         db, series, field_key = split_window_key(batch.keys[k])
         prefixes[k] = (db, series, escape_key(field_key))
+        if j % slice_rows == 0:
+            yield
     by_db: dict[str, list[bytes]] = {}
     starts = batch.window_start_ns.tolist()
     counts = batch.count.tolist()
@@ -43,6 +66,7 @@ def aggregate_lines(batch: AggregateBatch) -> dict[str, list[bytes]]:
     firsts = batch.first.tolist()
     lasts = batch.last.tolist()
     extra = _extra_fields(batch)
+    yield
     for i, k in enumerate(idx):
         db, series, f = prefixes[k]
         n = counts[i]
@@ -63,6 +87,8 @@ def aggregate_lines(batch: AggregateBatch) -> dict[str, list[bytes]]:
             parts += [f"{name}_{f}={value}" for name, value in extra[i]]
         line = f"{series} {','.join(parts)} {starts[i]}".encode()
         by_db.setdefault(db, []).append(line)
+        if (i + 1) % slice_rows == 0:
+            yield
     return by_db
 
 

@@ -49,10 +49,6 @@ async def test_sixty_days_of_history_land_in_the_tiers_their_retention_allows(
         METRICSFLOW_TIERS="raw:7d,1m:30d,1h:365d,1d:INF",
         METRICSFLOW_CHECKPOINT_INTERVAL_MS="5000",
         METRICSFLOW_INFLUXDB_FLUSH_INTERVAL_S="1",
-        # not for the fetch size (micro-batches are bounded by points): the sink's steps and
-        # a loaded 2-core machine still pause the loop for seconds; the stack's 6 s was seen
-        # to expire here (11 assignments in one run), 30 s never did
-        METRICSFLOW_KAFKA_SESSION_TIMEOUT_MS="30000",
     )
     now = time.time_ns() // STEP * STEP
     start = now - 60 * DAY
