@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from pathlib import Path
 
@@ -103,6 +102,8 @@ def test_the_sink_encodes_a_big_batch_without_holding_the_event_loop(tmp_path: P
     elapsed = asyncio.run(main())
     assert sliced.added == blocking.added  # byte-identical chunks, same order, same counts
     assert [a[1] for a in sliced.added] == ["db0", "db1"]
-    assert len(ticks) > ROWS // SLICE_ROWS  # the loop ran between slices
-    longest = max(b - a for a, b in itertools.pairwise(ticks))
-    assert longest < max(0.1, elapsed / 5), (longest, elapsed)
+    pauses, _ = drive(aggregate_lines_sliced(batch))
+    assert pauses > ROWS // SLICE_ROWS
+    # the loop got a turn at every pause (the one-step path gives the ticker one turn); a
+    # bound on wall-clock gaps failed in a full run, where other processes share the cores
+    assert len(ticks) >= pauses, (len(ticks), pauses, elapsed)
