@@ -107,6 +107,22 @@ async def drain(
     return out
 
 
+async def dead_letters(kafka_broker: KafkaServer, topic: str) -> list[Any]:
+    """The records of ``<topic>.dlq``, read from the beginning (one fetch, 10 s at most)."""
+    dlq = AIOKafkaConsumer(
+        f"{topic}.dlq",
+        bootstrap_servers=kafka_broker.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await dlq.start()
+    try:
+        got = await dlq.getmany(timeout_ms=10_000)
+        return [r for rs in got.values() for r in rs]
+    finally:
+        await dlq.stop()
+
+
 async def test_a_reader_hands_out_raw_lines_then_samples_and_advances_its_position_with_the_last(
     kafka_broker: KafkaServer, topic_factory: TopicFactory, source_factory: SourceFactory
 ) -> None:
@@ -239,18 +255,7 @@ async def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_reader_keep
     assert isinstance(batch, RecordBatch)
     assert batch.values.tolist() == [1.0, 4.0]
     assert source.stats.dead_letters == 2
-    dlq = AIOKafkaConsumer(
-        f"{topic}.dlq",
-        bootstrap_servers=kafka_broker.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await dlq.start()
-    try:
-        got = await dlq.getmany(timeout_ms=10_000)
-        records = [r for rs in got.values() for r in rs]
-    finally:
-        await dlq.stop()
+    records = await dead_letters(kafka_broker, topic)
     assert [r.value for r in records] == [b"this is not line protocol", b"m v=1 1"]
     headers = dict(records[0].headers)
     assert headers["mf-dlq-topic"] == topic.encode()
@@ -369,18 +374,7 @@ async def test_isolation_reads_a_suspect_range_record_by_record_and_skips_dead_l
     replay.notify_checkpoint_complete(7)
     assert isolation.poison == {}
     assert isolation.suspects == {}
-    dlq = AIOKafkaConsumer(
-        f"{topic}.dlq",
-        bootstrap_servers=kafka_broker.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await dlq.start()
-    try:
-        got = await dlq.getmany(timeout_ms=10_000)
-        records = [r for rs in got.values() for r in rs]
-    finally:
-        await dlq.stop()
+    records = await dead_letters(kafka_broker, topic)
     assert len(records) == 1
     headers = dict(records[0].headers)
     assert (headers["mf-dlq-partition"], headers["mf-dlq-offset"]) == (b"0", b"4")
