@@ -104,14 +104,14 @@ def encode_declarations(decl: KindDeclarations) -> list[tuple[bytes, list[tuple[
     if decl.received_ns is not None:
         headers.append(("mf-received-ns", str(decl.received_ns).encode("ascii")))
     items = sorted((m, k.value) for m, k in decl.kinds.items())
+    # the bytes each item takes in the JSON value (escapes make a name up to 6x its UTF-8)
+    sizes = [len(json.dumps(m)) + len(k) + 6 for m, k in items]
     out: list[tuple[bytes, list[tuple[str, bytes]]]] = []
     start = 0
     while start < len(items):
         end, size = start, 16
-        while end < len(items) and (
-            end == start or size + len(items[end][0]) + 16 < MAX_DECLARATION_BYTES
-        ):
-            size += len(items[end][0].encode("utf-8")) + 16
+        while end < len(items) and (end == start or size + sizes[end] <= MAX_DECLARATION_BYTES):
+            size += sizes[end]
             end += 1
         value = json.dumps({"kinds": dict(items[start:end])}, sort_keys=True).encode("utf-8")
         out.append((value, headers))
