@@ -82,10 +82,12 @@ def json_to_line_protocol(
 
 
 def remote_write_to_line_protocol(
-    body: bytes, limits: Limits, max_bytes: int
-) -> tuple[bytes, dict[str, int]]:
-    """(child) The canonical line protocol of a ``WriteRequest``'s samples, and the counts of
-    samples dropped on purpose, by reason."""
+    body: bytes, limits: Limits, max_bytes: int, with_metadata: bool = False
+) -> tuple[bytes, dict[str, int], list[tuple[str, int]]]:
+    """(child) The canonical line protocol of a ``WriteRequest``'s samples, the counts of
+    samples dropped on purpose, by reason, and (``with_metadata``) its metadata entries,
+    ``(family, type)``."""
     dropped: dict[str, int] = {}
-    _, lines = decode_write_request(body, dropped, limits, max_bytes)
-    return "\n".join(lines).encode(), dropped
+    metadata: list[tuple[str, int]] | None = [] if with_metadata else None
+    _, lines = decode_write_request(body, dropped, limits, max_bytes, metadata)
+    return "\n".join(lines).encode(), dropped, metadata or []

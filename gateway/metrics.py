@@ -27,6 +27,13 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.declarations = Counter(
+            "gateway_metadata_declarations",
+            "Measurement kinds from remote-write metadata produced as kinds1 records (each "
+            "counted once, however many partitions it went to).",
+            ["kind"],
+            registry=r,
+        )
         self.records = Counter("gateway_kafka_records", "Kafka records produced.", registry=r)
         self.producer_resets = Counter(
             "gateway_kafka_producer_resets",

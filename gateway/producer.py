@@ -1,4 +1,5 @@
-"""The Kafka side of the gateway: partition, encode ``lp1`` records, produce, await acks."""
+"""The Kafka side of the gateway: partition, encode ``lp1`` records, produce, await acks; and
+the ``kinds1`` declarations from remote-write metadata, to every partition."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -19,8 +21,10 @@ from aiokafka.errors import (
 )
 
 from gateway.base import KafkaUnavailableError, OverloadedError, ParsedWrite
+from gateway.declarations import AnnouncedKinds
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from metricsflow.model.declarations import DeclaredKind, KindDeclarations, encode_declarations
 from metricsflow.model.message import EncodedRecord, encode_partitioned
 from metricsflow.model.native import NATIVE
 
@@ -84,6 +88,7 @@ class KafkaWriter:
         self._connect_task: asyncio.Task[None] | None = None
         self._retiring: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self.announced = AnnouncedKinds(settings.metadata_reannounce_s)
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
@@ -170,40 +175,94 @@ class KafkaWriter:
             producer = self._producer
             if producer is None:
                 raise self._unavailable("not connected to Kafka")
-            deadline = self.settings.produce_deadline_s
             started = time.perf_counter()
-            try:
-                async with asyncio.timeout(deadline):
-                    partitions = await producer.partitions_for(self.settings.topic)
-                    count = len(partitions)
-                    # Hashing and encoding are per line: in slices, yielding to the loop.
-                    batches = await encode_by_partition(parsed, count)
-                    for partition, records in batches:
-                        for rec in records:
-                            fut = await producer.send(
-                                self.settings.topic,
-                                value=rec.value,
-                                key=rec.key,
-                                partition=partition,
-                                headers=rec.headers,
-                            )
-                            futures.append(fut)
-                    self.metrics.records.inc(len(futures))
-                    self._release_when_settled(futures, reserved)
-                    handed_over = True
-                    await asyncio.gather(*(asyncio.shield(f) for f in futures))
-            except TimeoutError:
-                raise self._unavailable(
-                    f"Kafka did not acknowledge within {deadline:g}s; retry"
-                ) from None
-            except KafkaError as exc:
-                if isinstance(exc, FATAL_PRODUCER_ERRORS):
-                    self._replace_producer(producer, exc)
-                raise self._unavailable(f"Kafka error: {exc}; retry") from None
+            async with self._acknowledged(producer):
+                partitions = await producer.partitions_for(self.settings.topic)
+                count = len(partitions)
+                # Hashing and encoding are per line: in slices, yielding to the loop.
+                batches = await encode_by_partition(parsed, count)
+                for partition, records in batches:
+                    for rec in records:
+                        fut = await producer.send(
+                            self.settings.topic,
+                            value=rec.value,
+                            key=rec.key,
+                            partition=partition,
+                            headers=rec.headers,
+                        )
+                        futures.append(fut)
+                self.metrics.records.inc(len(futures))
+                self._release_when_settled(futures, reserved)
+                handed_over = True
+                await asyncio.gather(*(asyncio.shield(f) for f in futures))
             self.metrics.produce_seconds.observe(time.perf_counter() - started)
         finally:
             if not handed_over:
                 self._release_when_settled(futures, reserved)
+
+    async def declare(
+        self,
+        db: str,
+        rp: str | None,
+        kinds: Mapping[str, DeclaredKind],
+        received_ns: int,
+    ) -> int:
+        """Produce, as ``kinds1`` records to every partition of the topic, the part of
+        ``kinds`` this process has not produced lately (:class:`AnnouncedKinds`); return once
+        Kafka acknowledged all of them (else raise 503, as :meth:`write`). Returns how many
+        measurements were declared (0: nothing was due)."""
+        due = self.announced.due(db, rp, kinds)
+        if not due:
+            return 0
+        producer = self._producer
+        if producer is None:
+            raise self._unavailable("not connected to Kafka")
+        encoded = encode_declarations(KindDeclarations(db, due, rp, received_ns))
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            async with self._acknowledged(producer):
+                # every partition: a family's series are spread over all of them
+                for partition in sorted(await producer.partitions_for(self.settings.topic)):
+                    for value, headers in encoded:
+                        fut = await producer.send(
+                            self.settings.topic, value=value, partition=partition, headers=headers
+                        )
+                        futures.append(fut)
+                self.metrics.records.inc(len(futures))
+                await asyncio.gather(*(asyncio.shield(f) for f in futures))
+        finally:
+            self._release_when_settled(futures, 0)  # no bytes: marks late failures retrieved
+        self.announced.produced(db, rp, due)
+        for kind in DeclaredKind:
+            n = sum(1 for k in due.values() if k is kind)
+            if n:
+                self.metrics.declarations.labels(kind.value).inc(n)
+        logger.info(
+            "declared kinds from remote-write metadata db=%s rp=%s measurements=%d partitions=%d",
+            db,
+            rp,
+            len(due),
+            len(futures) // max(1, len(encoded)),
+        )
+        return len(due)
+
+    @contextlib.asynccontextmanager
+    async def _acknowledged(self, producer: AIOKafkaProducer) -> AsyncIterator[None]:
+        """The sends in the block must be acknowledged within ``produce_deadline_s``; a
+        timeout or a Kafka error becomes :class:`KafkaUnavailableError` (503, retry), and a
+        fatal producer error replaces the producer."""
+        deadline = self.settings.produce_deadline_s
+        try:
+            async with asyncio.timeout(deadline):
+                yield
+        except TimeoutError:
+            raise self._unavailable(
+                f"Kafka did not acknowledge within {deadline:g}s; retry"
+            ) from None
+        except KafkaError as exc:
+            if isinstance(exc, FATAL_PRODUCER_ERRORS):
+                self._replace_producer(producer, exc)
+            raise self._unavailable(f"Kafka error: {exc}; retry") from None
 
     def _replace_producer(self, broken: AIOKafkaProducer, error: KafkaError) -> None:
         """Retire a producer that failed fatally and connect a new one in the background;

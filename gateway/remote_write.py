@@ -2,7 +2,7 @@
 
 Decoding uses the ``protobuf`` runtime (its C/upb parser) with the message classes built at
 import time from a descriptor declared below: no generated ``_pb2`` file, no ``protoc`` step,
-and unknown fields (metadata, exemplars, native histograms) are skipped by the parser.
+and unknown fields (exemplars, native histograms) are skipped by the parser.
 
 Mapping (the one InfluxDB 1.8+ uses for its own remote-write endpoint):
 
@@ -12,6 +12,12 @@ Mapping (the one InfluxDB 1.8+ uses for its own remote-write endpoint):
   stored by InfluxDB; they are dropped deliberately and counted in
   ``gateway_dropped_samples_total{reason="stale"|"nan"|"inf"}``.
 * A series without ``__name__`` rejects the request (400).
+* ``metadata`` (``MetricMetadata``: family name and type; Prometheus sends it in requests of
+  its own, without samples, every ``metadata_config.send_interval``) is returned as
+  ``(family, type)`` pairs for the gateway to turn into ``kinds1`` declarations
+  (:mod:`gateway.declarations`); ``help`` and ``unit`` are not read. An entry with an empty
+  family, or a family longer than ``max_key_length`` (it cannot name a measurement), is
+  skipped. A request of metadata alone is valid.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.base import BadRequestError, PayloadTooLargeError
 from metricsflow.model import SerializationError
+from metricsflow.model.declarations import PromMetricType
 from metricsflow.model.limits import time_limit_message
 from metricsflow.model.lineprotocol import DEFAULT_LIMITS, Limits, escape_key, escape_measurement
 
@@ -36,6 +43,9 @@ def _build_write_request_class() -> Any:
     fdp = descriptor_pb2.FileDescriptorProto(
         name="metricsflow_remote_write.proto", package="prometheus", syntax="proto3"
     )
+    metric_type = fdp.enum_type.add(name="MetricType")  # MetricMetadata.MetricType, top level
+    for value in PromMetricType:
+        metric_type.value.add(name=value.name, number=value.value)
 
     def message(name: str, fields: list[tuple[str, int, int, str | None, bool]]) -> None:
         msg = fdp.message_type.add(name=name)
@@ -60,14 +70,30 @@ def _build_write_request_class() -> Any:
             ("samples", 2, _F.TYPE_MESSAGE, ".prometheus.Sample", True),
         ],
     )
-    message("WriteRequest", [("timeseries", 1, _F.TYPE_MESSAGE, ".prometheus.TimeSeries", True)])
+    message(
+        "MetricMetadata",
+        [
+            ("type", 1, _F.TYPE_ENUM, ".prometheus.MetricType", False),
+            ("metric_family_name", 2, _F.TYPE_STRING, None, False),
+            ("help", 4, _F.TYPE_STRING, None, False),
+            ("unit", 5, _F.TYPE_STRING, None, False),
+        ],
+    )
+    message(
+        "WriteRequest",
+        [
+            ("timeseries", 1, _F.TYPE_MESSAGE, ".prometheus.TimeSeries", True),
+            ("metadata", 3, _F.TYPE_MESSAGE, ".prometheus.MetricMetadata", True),
+        ],
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("prometheus.WriteRequest"))
 
 
 WriteRequest: Final = _build_write_request_class()
-"""The ``prometheus.WriteRequest`` message class (labels, samples; other fields skipped)."""
+"""The ``prometheus.WriteRequest`` message class (labels, samples, metadata; other fields
+skipped)."""
 
 
 def snappy_uncompressed_length(data: bytes) -> int:
@@ -87,6 +113,7 @@ def decode_write_request(
     dropped: dict[str, int],
     limits: Limits = DEFAULT_LIMITS,
     max_bytes: int | None = None,
+    metadata: list[tuple[str, int]] | None = None,
 ) -> tuple[list[str], list[str]]:
     """``(series_keys, canonical_lines)`` of a decompressed ``WriteRequest``.
 
@@ -95,7 +122,9 @@ def decode_write_request(
     ``max_tag_value_length``; ``max_tags``; the series key: ``max_line_length``) and the
     time range to every sample; the lines a request expands to (every sample repeats its
     series key) may not exceed ``max_bytes`` (413): a small request of many samples of one
-    long-labelled series cannot turn into hundreds of megabytes.
+    long-labelled series cannot turn into hundreds of megabytes. When ``metadata`` is a
+    list, the request's ``(metric_family_name, type)`` entries are appended to it (type as
+    the wire's integer: one this version does not know is kept, and declares nothing).
     """
     req = WriteRequest()
     try:
@@ -155,6 +184,11 @@ def decode_write_request(
                 )
             keys.append(sk)
             lines.append(f"{sk} value={value!r} {time_ns}")
+    if metadata is not None:
+        for entry in req.metadata:
+            family = entry.metric_family_name
+            if family and len(family) <= limits.max_key_length:
+                metadata.append((family, int(entry.type)))
     return keys, lines
 
 

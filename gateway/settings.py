@@ -170,6 +170,25 @@ class GatewaySettings(BaseSettings):
             "`db` parameter."
         ),
     )
+    remote_write_metadata: bool = Field(
+        default=True,
+        description=(
+            "Prometheus remote-write metadata (a family's type) declares which measurements "
+            "are counters and which gauges: the gateway produces it as `kinds1` records to "
+            "every partition, before the request's samples, and the workers apply it over the "
+            "naming conventions (docs/ingestion.md). false: metadata is ignored."
+        ),
+    )
+    metadata_reannounce_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description=(
+            "Seconds after which a declaration from remote-write metadata that has not changed "
+            "is produced again when its metadata next arrives (Prometheus resends it every "
+            "minute): a worker starting from a log whose older declarations Kafka's retention "
+            "removed learns them again. Changed declarations are produced at once."
+        ),
+    )
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         default="zstd",
         description=(

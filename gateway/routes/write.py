@@ -4,7 +4,9 @@
   Basic or ``Token``).
 * InfluxDB v2: ``POST /api/v2/write`` (``bucket`` = ``db`` or ``db/rp``, ``org``,
   ``precision`` ns/us/ms/s, ``Authorization: Token``).
-* Prometheus remote write 1.0: ``POST /api/v1/write`` (``db`` query parameter).
+* Prometheus remote write 1.0: ``POST /api/v1/write`` (``db`` query parameter); its metadata
+  (metric types) is produced as ``kinds1`` declarations before its samples
+  (:mod:`gateway.declarations`).
 * JSON: ``POST /api/v1/json`` (``db``, ``rp``, ``precision`` as v1).
 
 204 means every point of the request was acknowledged by Kafka (``acks=all``). Line protocol
@@ -43,6 +45,7 @@ from gateway.admission import (
 )
 from gateway.base import BadRequestError, ParsedWrite, PartialWriteError
 from gateway.body import read_body
+from gateway.declarations import declared_kinds
 from gateway.decoding import in_child, json_to_line_protocol, remote_write_to_line_protocol
 from gateway.deps import MetricsDep, SettingsDep, WriteEndpoint, WriterDep
 from gateway.metrics import GatewayMetrics
@@ -151,16 +154,18 @@ async def ingest(
             reservation=reservation,
         )
         errors: list[ParseError] = []
+        metadata: list[tuple[str, int]] = []
         # JSON and remote write: decoded in a child process into line protocol, which is
         # then read here in slices like any line-protocol body (gateway/decoding.py)
         ns_lines = functools.partial(_reread, settings.limits_at(received_ns), received_ns)
         if parser is None:
             reservation.grow_to(COST_PER_BYTE * len(body), "the request")
-            text, child_dropped = await in_child(
+            text, child_dropped, metadata = await in_child(
                 remote_write_to_line_protocol,
                 body,
                 settings.limits_at(received_ns),
                 settings.max_body_bytes,
+                settings.remote_write_metadata,
             )
             for reason, count in child_dropped.items():
                 dropped[reason] = dropped.get(reason, 0) + count
@@ -184,6 +189,9 @@ async def ingest(
         whole = parser is None or json_factor is not None  # JSON, remote write: all or nothing
         if errors and (not lines or not settings.partial_writes or whole):
             raise BadRequestError(describe_refused(errors))  # nothing is written
+        if metadata:
+            # before the samples: in each partition's log, the declaration precedes them
+            await writer.declare(db, rp, declared_kinds(metadata), received_ns)
     except BaseException:
         reservation.release()
         raise

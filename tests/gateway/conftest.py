@@ -14,6 +14,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from metricsflow.infra.gateway import GatewayConfig, GatewayServer
 from metricsflow.infra.kafka import KafkaServer
 from metricsflow.infra.process import free_port
+from metricsflow.model.declarations import (
+    FORMAT_KINDS1,
+    DeclaredKind,
+    decode_declarations,
+    record_format,
+)
 from metricsflow.model.message import decode_points, read_headers
 from metricsflow.model.point import Point
 
@@ -56,19 +62,39 @@ class TopicRecord:
     headers: list[tuple[str, bytes]]
 
     @property
+    def is_declaration(self) -> bool:
+        """A ``kinds1`` record (declarations from remote-write metadata), not points."""
+        return record_format(self.headers) == FORMAT_KINDS1.encode()
+
+    @property
     def points(self) -> list[Point]:
-        return decode_points(self.value)
+        return [] if self.is_declaration else decode_points(self.value)
+
+    @property
+    def kinds(self) -> dict[str, DeclaredKind]:
+        """What a ``kinds1`` record declares (``{}`` for a record of points)."""
+        if not self.is_declaration:
+            return {}
+        return dict(decode_declarations(self.value, self.headers).kinds)
 
     @property
     def db(self) -> str:
+        if self.is_declaration:
+            return decode_declarations(self.value, self.headers).db
         return read_headers(self.headers).db
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, min_points: int, timeout_s: float = 30.0
+    bootstrap: str,
+    topic: str,
+    *,
+    min_points: int,
+    timeout_s: float = 30.0,
+    min_declarations: int = 0,
 ) -> list[TopicRecord]:
-    """Every record of ``topic`` from the beginning, once at least ``min_points`` points are
-    there (or at the timeout, with what there is)."""
+    """Every record of ``topic`` from the beginning, once at least ``min_points`` points and
+    ``min_declarations`` ``kinds1`` records are there (or at the timeout, with what there
+    is)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -80,15 +106,18 @@ async def read_topic(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[TopicRecord] = []
-        points = 0
+        points = declarations = 0
         deadline = time.monotonic() + timeout_s
-        while points < min_points and time.monotonic() < deadline:
+        while (
+            points < min_points or declarations < min_declarations
+        ) and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for tp, msgs in batch.items():
                 for m in msgs:
                     rec = TopicRecord(tp.partition, m.offset, m.key, m.value, list(m.headers))
                     records.append(rec)
                     points += len(rec.points)
+                    declarations += rec.is_declaration
         # anything more that is already there (duplicates from retries, for example)
         for _ in range(2):
             batch = await consumer.getmany(timeout_ms=300)

@@ -19,6 +19,7 @@ from gateway.base import KafkaUnavailableError, ParsedWrite
 from gateway.metrics import GatewayMetrics
 from gateway.producer import KafkaWriter
 from gateway.settings import GatewaySettings
+from metricsflow.model.declarations import DeclaredKind
 
 
 class FailingProducer:
@@ -78,5 +79,20 @@ async def test_a_retriable_kafka_error_keeps_the_producer() -> None:
             await writer.write(_write(), 11)
         assert writer._producer is flaky
         assert metrics.producer_resets._value.get() == 0
+    finally:
+        await writer.stop()
+
+
+async def test_declarations_kafka_did_not_acknowledge_answer_503_and_are_produced_again() -> None:
+    writer, metrics = _writer()
+    writer._producer = FailingProducer(RequestTimedOutError())  # type: ignore[assignment]
+    kinds = {"x_total": DeclaredKind.COUNTER}
+    try:
+        with pytest.raises(KafkaUnavailableError):
+            await writer.declare("db", None, kinds, 1)
+        # not remembered as produced: the client's retry produces them
+        assert writer.announced.due("db", None, kinds) == kinds
+        assert metrics.declarations.labels("counter")._value.get() == 0
+        assert metrics.inflight_bytes._value.get() == 0
     finally:
         await writer.stop()

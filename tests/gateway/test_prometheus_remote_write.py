@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from metricsflow.infra.process import ProcessServer, free_port
+from metricsflow.model.declarations import DeclaredKind
 from tests.gateway.conftest import GatewayFactory, read_topic
 from tests.gateway.test_real_clients import expected_partition
 
@@ -22,10 +23,17 @@ class PrometheusServer(ProcessServer):
 
     name = "prometheus"
 
-    def __init__(self, data_dir: Path, port: int, remote_write_url: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        remote_write_url: str,
+        metadata_send_interval: str = "1m",
+    ) -> None:
         super().__init__(data_dir)
         self.port = port
         self.remote_write_url = remote_write_url
+        self.metadata_send_interval = metadata_send_interval
 
     @property
     def url(self) -> str:
@@ -57,6 +65,8 @@ remote_write:
     queue_config:
       batch_send_deadline: 1s
       max_samples_per_send: 2000
+    metadata_config:
+      send_interval: {self.metadata_send_interval}
 """
         )
 
@@ -78,17 +88,25 @@ async def test_prometheus_remote_write_lands_each_sample_decoded_and_partitioned
     topic = await topic_factory(partitions=4)
     gw = gateway_factory(topic)
     prom = PrometheusServer(
-        tmp_path / "prometheus", free_port(), f"{gw.url}/api/v1/write?db=promdb"
+        tmp_path / "prometheus",
+        free_port(),
+        f"{gw.url}/api/v1/write?db=promdb",
+        metadata_send_interval="1s",
     )
     await asyncio.to_thread(prom.start)
     try:
-        # wait until a few scrapes have been remote-written
+        # wait until a few scrapes and the metadata have been remote-written
         up = []
+        declared: dict[int, dict[str, DeclaredKind]] = {}
         deadline = time.monotonic() + 60
-        while len(up) < 3 and time.monotonic() < deadline:
+        while (len(up) < 3 or len(declared) < 4) and time.monotonic() < deadline:
             await asyncio.sleep(1)
             records = await read_topic(kafka_broker.bootstrap, topic, min_points=1, timeout_s=2)
             up = [(r, p) for r in records for p in r.points if p.measurement == "up"]
+            declared = {}
+            for r in records:
+                if r.is_declaration:
+                    declared.setdefault(r.partition, {}).update(r.kinds)
         assert len(up) >= 3, "no 'up' samples reached Kafka"
         async with httpx.AsyncClient(base_url=prom.url) as client:
             raw = (await client.get("/api/v1/query", params={"query": "up[5m]"})).json()
@@ -104,4 +122,10 @@ async def test_prometheus_remote_write_lands_each_sample_decoded_and_partitioned
         assert (point.time_ns, point.fields[0][1]) in in_prometheus
         assert point.fields[0][0] == "value"
     assert all(r.db == "promdb" for r in records)
+    # Prometheus' metadata, as kinds1 records in every partition
+    assert sorted(declared) == [0, 1, 2, 3]
+    for kinds in declared.values():
+        assert kinds["prometheus_http_requests_total"] is DeclaredKind.COUNTER
+        assert kinds["go_goroutines"] is DeclaredKind.GAUGE
+        assert kinds["go_gc_duration_seconds_count"] is DeclaredKind.COUNTER
     assert len({p.measurement for r in records for p in r.points}) > 20
