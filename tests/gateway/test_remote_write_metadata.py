@@ -4,6 +4,7 @@ to every partition, once, before the samples of the same request."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import cramjam
 import httpx
@@ -11,9 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.app import create_app
+from gateway.base import KafkaUnavailableError, ParsedWrite
 from gateway.declarations import AnnouncedKinds, declared_kinds
-from gateway.decoding import remote_write_to_line_protocol
+from gateway.decoding import remote_write_to_line_protocol, shutdown_decoder
+from gateway.metrics import GatewayMetrics
+from gateway.producer import KafkaWriter
 from gateway.remote_write import WriteRequest, decode_write_request
+from gateway.settings import GatewaySettings
 from metricsflow.model.declarations import DeclaredKind, PromMetricType
 from metricsflow.model.lineprotocol import DEFAULT_LIMITS
 from tests.gateway.conftest import GatewayFactory, read_topic
@@ -170,6 +176,78 @@ HEADERS = {
 
 def snappy(payload: bytes) -> bytes:
     return bytes(cramjam.snappy.compress_raw(payload))
+
+
+class RecordingWriter(KafkaWriter):
+    """Records what the route asks of Kafka, in order (no Kafka: the real one is below)."""
+
+    def __init__(self, settings: GatewaySettings, fail: bool = False) -> None:
+        super().__init__(settings, GatewayMetrics())
+        self.calls: list[tuple[str, object]] = []
+        self.fail = fail
+
+    async def declare(
+        self, db: str, rp: str | None, kinds: Mapping[str, DeclaredKind], received_ns: int
+    ) -> int:
+        if self.fail:
+            raise KafkaUnavailableError("Kafka did not acknowledge; retry", retry_after_s=2)
+        self.calls.append(("declare", (db, rp, dict(kinds))))
+        return len(kinds)
+
+    async def write(self, parsed: ParsedWrite, reserved: int) -> None:
+        self.calls.append(("write", parsed.lines))
+        self.release(reserved)
+
+
+Post = Callable[["RecordingWriter", bytes], Awaitable[httpx.Response]]
+
+
+@pytest.fixture
+async def post_to() -> AsyncIterator[Post]:
+    """``await post_to(writer, payload)``: a remote-write request to an in-process app whose
+    Kafka writer is ``writer``."""
+
+    async def post(writer: RecordingWriter, payload: bytes) -> httpx.Response:
+        app = create_app(writer.settings)
+        app.state.writer = writer
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            return await client.post("/api/v1/write?db=p", content=snappy(payload), headers=HEADERS)
+
+    yield post
+    shutdown_decoder()
+
+
+async def test_the_route_declares_before_writing_and_not_at_all_when_turned_off(
+    post_to: Post,
+) -> None:
+    payload = metadata_bytes([(PromMetricType.GAUGE, "temp", "", "")]) + samples_bytes(
+        [({"__name__": "temp"}, [(1.5, 1000)])]
+    )
+    on = RecordingWriter(GatewaySettings())
+    assert (await post_to(on, payload)).status_code == 204
+    assert on.calls == [
+        ("declare", ("p", None, {"temp": G})),
+        ("write", ["temp value=1.5 1000000000"]),
+    ]
+    off = RecordingWriter(GatewaySettings(remote_write_metadata=False))
+    assert (await post_to(off, payload)).status_code == 204
+    assert off.calls == [("write", ["temp value=1.5 1000000000"])]
+    alone = RecordingWriter(GatewaySettings())
+    assert (await post_to(alone, metadata_bytes([(1, "x", "", "")]))).status_code == 204
+    assert alone.calls == [("declare", ("p", None, {"x": C, "x_total": C}))]
+
+
+async def test_declarations_kafka_refused_answer_503_and_write_no_samples(post_to: Post) -> None:
+    payload = metadata_bytes([(PromMetricType.GAUGE, "temp", "", "")]) + samples_bytes(
+        [({"__name__": "temp"}, [(1.5, 1000)])]
+    )
+    failing = RecordingWriter(GatewaySettings(), fail=True)
+    answer = await post_to(failing, payload)
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "2"
+    assert failing.calls == []
+    assert failing.inflight_bytes == 0
 
 
 @pytest.mark.integration
