@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from metricsflow.checkpointing.protocol import CheckpointBarrier
+from metricsflow.model.declarations import KindDeclarations
 
 Int64Array = npt.NDArray[np.int64]
 Float64Array = npt.NDArray[np.float64]
@@ -44,6 +45,15 @@ class SketchBins:
 
 
 @dataclass(frozen=True, slots=True)
+class KindChange:
+    """A ``kinds1`` record (``metricsflow.model.declarations``) read between the rows of a
+    batch: it comes after rows ``[0, row)`` in the partition's log."""
+
+    row: int
+    declarations: KindDeclarations
+
+
+@dataclass(frozen=True, slots=True)
 class RecordBatch:
     """Numeric points of one key group (partition), column by column.
 
@@ -66,6 +76,9 @@ class RecordBatch:
     """Per row: the key group's watermark as of that row's position in the partition's log
     (set by the watermark assigner). Lateness is judged against it, so any split of the same
     log into batches judges every row alike. ``None``: judge against the last watermark."""
+    kind_changes: tuple[KindChange, ...] = ()
+    """Declarations read with the batch (metricsflow.windows.declared), in log order; a batch
+    may hold declarations and no rows."""
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
@@ -146,6 +159,9 @@ class CorrectionRequest:
     window_start_ns: Int64Array
     seq: int
     created_ns: int
+    counter: npt.NDArray[np.bool_] | None = None
+    """Per row, whether the field is a counter in that window, when kinds declared in the log
+    decided it (metricsflow.windows.declared); ``None``: the sink's patterns decide."""
 
     def __len__(self) -> int:
         return int(self.window_start_ns.shape[0])

@@ -82,6 +82,9 @@ class _Group:
     """(window key, window start) -> [(key group, seq, created_ns)]"""
     by_key: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     """window key -> owners (a counter's next window goes to the owners of the key)"""
+    counter: bool | None = None
+    """whether the fields are counters, as kinds declared in the log say (``None``: the
+    patterns decide)"""
 
 
 class CorrectionService:
@@ -189,7 +192,7 @@ class CorrectionService:
         groups = self._group(batch)
         results: dict[tuple[int, str], dict[tuple[str, int], CorrectedRow | None]] = {}
         meta: dict[tuple[int, str], tuple[int, int, int]] = {}
-        for (db, measurement, source, tier, window_ns), group in groups.items():
+        for (db, measurement, source, tier, window_ns, _), group in groups.items():
             found = self._query_group(db, measurement, source, tier, window_ns, group)
             extra = [(ks, group.by_key[ks[0]]) for ks in found if ks not in group.wanted]
             for (key, start), owners in [*group.wanted.items(), *extra]:
@@ -206,16 +209,26 @@ class CorrectionService:
 
     def _group(
         self, batch: list[CorrectionRequest]
-    ) -> dict[tuple[str, str, str, str, int], _Group]:
-        groups: dict[tuple[str, str, str, str, int], _Group] = {}
+    ) -> dict[tuple[str, str, str, str, int, bool | None], _Group]:
+        groups: dict[tuple[str, str, str, str, int, bool | None], _Group] = {}
         for request in batch:
             starts = request.window_start_ns.tolist()
-            for k, start in zip(request.key_idx.tolist(), starts, strict=True):
+            flags: list[bool | None] = (
+                [None] * len(starts) if request.counter is None else request.counter.tolist()
+            )
+            for k, start, counter in zip(request.key_idx.tolist(), starts, flags, strict=True):
                 key = request.keys[k]
                 db, series, field_key = split_window_key(key)
                 measurement = self._measurement(series)
-                gkey = (db, measurement, request.source_tier, request.tier, request.window_ns)
-                group = groups.setdefault(gkey, _Group())
+                gkey = (
+                    db,
+                    measurement,
+                    request.source_tier,
+                    request.tier,
+                    request.window_ns,
+                    counter,
+                )
+                group = groups.setdefault(gkey, _Group(counter=counter))
                 group.fields.add(field_key)
                 group.starts.add(start)
                 owner = (request.key_group, request.seq, request.created_ns)
@@ -257,6 +270,8 @@ class CorrectionService:
     ) -> dict[tuple[str, int], CorrectedRow]:
         fields = sorted(group.fields)
         kinds = {f: self._kind(measurement, f) for f in fields}
+        if group.counter is not None:  # declared in the log (metricsflow.windows.declared)
+            kinds = {f: (group.counter, kinds[f][1] and not group.counter) for f in fields}
         if source == RAW_TIER:
             special = [f for f in fields if any(kinds[f])]
             fields = [f for f in fields if not any(kinds[f])]
@@ -273,9 +288,12 @@ class CorrectionService:
                 parts += [f"min({quote_ident('min_' + f)})", f"max({quote_ident('max_' + f)})"]
                 parts += [f"first({quote_ident('first_' + f)})"]
                 parts += [f"last({quote_ident('last_' + f)})"]
-                if kinds[f][0]:
-                    parts += [f"sum({quote_ident('increase_' + f)})"]
-                    parts += [f"sum({quote_ident('resets_' + f)})"]
+                # every field: a finer window of a counter declared in the log may have been
+                # written before the declaration, without increase_ (windows/declared.py)
+                parts += [f"sum({quote_ident('increase_' + f)})"]
+                parts += [f"sum({quote_ident('resets_' + f)})"]
+                parts += [f"count({quote_ident('increase_' + f)})"]
+                parts += [f"count({quote_ident('count_' + f)})"]
             selects += [f'{p} AS "a{i}_{j}"' for j, p in enumerate(parts)]
         interval = f"{window_ns // _NS_PER_S}s" if window_ns % _NS_PER_S == 0 else f"{window_ns}ns"
         found: dict[tuple[str, int], CorrectedRow] = {}
@@ -298,10 +316,10 @@ class CorrectionService:
                         if not agg[0] or any(a is None for a in agg):
                             continue
                         corrected = CorrectedRow(tuple(float(a) for a in agg))  # type: ignore[arg-type]
-                        if kinds[f][0]:
-                            inc, resets = row[index[f"a{i}_6"]], row[index[f"a{i}_7"]]
-                            corrected.increase = float(inc) if inc is not None else 0.0  # type: ignore[arg-type]
-                            corrected.resets = int(resets) if resets is not None else 0  # type: ignore[call-overload]
+                        if source != RAW_TIER:
+                            _coarse_counter(
+                                corrected, [row[index[f"a{i}_{j}"]] for j in (6, 7, 8, 9)]
+                            )
                         found[(key, start)] = corrected
         if source != RAW_TIER:
             sketched = [f for f in fields if kinds[f][1]]
@@ -425,6 +443,16 @@ class CorrectionService:
 
 class _ClosingError(Exception):
     pass
+
+
+def _coarse_counter(corrected: CorrectedRow, parts: list[object]) -> None:
+    """A coarser window has an increase when every finer window in it has one (a counter
+    declared in the log straddling its switch has none: windows/declared.py)."""
+    inc, resets, with_increase, rows = parts
+    if inc is None or not rows or with_increase != rows:
+        return
+    corrected.increase = float(inc)  # type: ignore[arg-type]
+    corrected.resets = int(resets) if resets is not None else 0  # type: ignore[call-overload]
 
 
 def _result(

@@ -66,6 +66,8 @@ class SourceStats:
     dead_letters: int = 0
     poison_records: int = 0
     """Of ``dead_letters``: records an operator failed on (failure isolation)."""
+    declarations_in: int = 0
+    """``kinds1`` records (types from remote-write metadata) read."""
     rebalances: int = 0
     commits: int = 0
     commit_failures: int = 0

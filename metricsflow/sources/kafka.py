@@ -71,15 +71,19 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from metricsflow.errors import ConfigurationError, SerializationError
 from metricsflow.model.columnar import ColumnarChunk, decode_columnar
+from metricsflow.model.declarations import FORMAT_KINDS1, decode_declarations, record_format
 from metricsflow.model.limits import check_key, check_record
 from metricsflow.model.message import read_headers
 from metricsflow.runtime.isolation import FailureIsolation, PositionRange
-from metricsflow.runtime.records import RawLinesBatch, RecordBatch
+from metricsflow.runtime.records import KindChange, RawLinesBatch, RecordBatch
 from metricsflow.runtime.source import Source, SourceElement, SourceReader, WatermarkStatus
 from metricsflow.sources.base import AssignmentListener, SourceStats, decode_offset, encode_offset
 from metricsflow.windows.keys import WindowKeyIndex
 
 logger = logging.getLogger(__name__)
+
+
+_KINDS1 = FORMAT_KINDS1.encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,6 +517,8 @@ class KafkaPartitionReader(SourceReader):
         self._fetch_range = PositionRange(int(records[0].offset), int(records[-1].offset) + 1)
         isolation = self._isolation
         newest_received = None
+        changes: list[KindChange] = []
+        rows = 0
         for record in records:
             if isolation is not None and isolation.is_poison(self.key_group, int(record.offset)):
                 isolation.note_skipped()  # dead-lettered when it was judged; never again
@@ -521,6 +527,10 @@ class KafkaPartitionReader(SourceReader):
             value = record.value
             stats.bytes_in += len(value or b"")
             try:
+                if record_format(record.headers) == _KINDS1:
+                    changes.append(KindChange(rows, decode_declarations(value, record.headers)))
+                    stats.declarations_in += 1
+                    continue
                 if value is None:
                     raise SerializationError("record has no value (tombstone)")
                 meta = read_headers(record.headers)
@@ -550,6 +560,7 @@ class KafkaPartitionReader(SourceReader):
             if n == 0:
                 continue
             stats.samples_in += n
+            rows += n
             idx_parts.append(self._keys.ids(meta.db, cols))
             ts_parts.append(cols.time_ns)
             val_parts.append(cols.values)
@@ -568,6 +579,19 @@ class KafkaPartitionReader(SourceReader):
                     ts_ns=np.concatenate(ts_parts),
                     values=np.concatenate(val_parts),
                     received_ns=np.concatenate(rec_parts),
+                    kind_changes=tuple(changes),
+                )
+            )
+        elif changes:  # declarations alone: an empty batch carries them
+            self._pending.append(
+                RecordBatch(
+                    key_group=self.key_group,
+                    keys=self._keys.keys,
+                    key_idx=np.empty(0, np.int32),
+                    ts_ns=np.empty(0, np.int64),
+                    values=np.empty(0, np.float64),
+                    received_ns=np.empty(0, np.int64),
+                    kind_changes=tuple(changes),
                 )
             )
         # series churn: the batches keep the tuple they carry; the interner ids go with it

@@ -19,7 +19,7 @@ Which key is what is decided once per key id from its window key (:class:`FieldK
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -312,16 +312,20 @@ def fire_windows(
     kind: Int8Array | None,
     previous: LastSamples | None,
     counters: bool,
+    kind_at: Callable[[int], Int8Array] | None = None,
 ) -> tuple[Chunk, SketchBins | None] | None:
     """Fire windows given in ascending order (:func:`fire_window` each; with ``counters``, on
     the raw tier, the counters' previous samples carry from one window to the next): one
-    result table, with its window starts in column ``start``, and its sketch bins."""
+    result table, with its window starts in column ``start``, and its sketch bins.
+    ``kind_at(window start)``: the kinds of one window when they differ from window to window
+    (declared.py); ``kind`` then says which keys' previous samples to carry."""
     results: list[Chunk] = []
     bins: list[SketchBins | None] = []
     for window_end, chunks in windows:
         if not chunks:
             continue
-        result, sketch_bins = fire_window(chunks, raw, unit_ns, window_ns, kind, previous)
+        window_kind = kind if kind_at is None else kind_at(window_end - window_ns)
+        result, sketch_bins = fire_window(chunks, raw, unit_ns, window_ns, window_kind, previous)
         if counters and kind is not None:
             previous = merge_last(previous, window_last(chunks, kind, unit_ns))
         result["start"] = np.full(result["k"].shape[0], window_end - window_ns, np.int64)

@@ -28,3 +28,5 @@ class TierWindowMetrics:
     correction_lag_ns_max: int = 0
     expired_keys: int = 0
     """keys dropped from the key dictionary: all their windows purged (keys.py, expiry)"""
+    declared_kinds: int = 0
+    """measurements whose kind a ``kinds1`` declaration changed (declared.py)"""

@@ -57,7 +57,7 @@ from metricsflow.runtime.records import (
 )
 from metricsflow.state.base import KeyedStateBackend, StateDescriptor
 from metricsflow.state.handles import CheckpointStorage
-from metricsflow.state.serializers import INT64, NUMPY_COLUMNS, ColumnarChunk
+from metricsflow.state.serializers import INT64, MSGPACK, NUMPY_COLUMNS, ColumnarChunk
 from metricsflow.windows import aggregates, kernels
 from metricsflow.windows.aggregates import FieldKindIndex
 from metricsflow.windows.corrections import (
@@ -70,6 +70,12 @@ from metricsflow.windows.corrections import (
     settle_pending,
 )
 from metricsflow.windows.counters import LastSamples
+from metricsflow.windows.declared import (
+    DECLARED_KEY,
+    STATE_DECLARED,
+    DeclaredKinds,
+    apply_declarations,
+)
 from metricsflow.windows.kernels import Chunk, Int32Array, Int64Array
 from metricsflow.windows.keys import STATE_CHUNKS, STATE_KEYS, KeyMapping, WindowKeys
 from metricsflow.windows.metrics import TierWindowMetrics
@@ -107,6 +113,19 @@ class _KeyGroup:
     """gauge / counter / sketched per key id (aggregates.py)"""
     frontier: LastSamples | None = None
     """raw tier: the last sample of each counter key in the purged windows (``window-counters``)"""
+    declared: DeclaredKinds = field(default_factory=DeclaredKinds)
+    """raw tier: kinds declared in the log (declared.py, ``window-declared``)"""
+
+    def kind(self) -> Any:
+        """Per key id: gauge, counter (in any window: its samples are kept) or sketched;
+        ``None`` without field kinds."""
+        base = self.kinds.of(self.keys.keys)
+        if base is None or not self.declared:
+            return base
+        return self.declared.ever(self.keys.keys, base)
+
+    def any_counter(self) -> bool:
+        return self.kinds.any_counter or bool(self.declared)
 
 
 class TierWindowOperator(Operator):
@@ -183,6 +202,7 @@ class TierWindowOperator(Operator):
         self._backend.register(StateDescriptor(STATE_META, INT64))
         self._backend.register(StateDescriptor(STATE_PENDING, INT64))
         self._backend.register(StateDescriptor(STATE_COUNTERS, NUMPY_COLUMNS))
+        self._backend.register(StateDescriptor(STATE_DECLARED, MSGPACK))
 
     def initialize_state(self, ctx: StateInitializationContext) -> None:
         """Everything lives in the backend (restored by the runtime before this call)."""
@@ -234,6 +254,7 @@ class TierWindowOperator(Operator):
             True for _ in backend.scan(kg, STATE_PENDING)
         )
         group.keys = WindowKeys.load(backend, kg)
+        group.declared = DeclaredKinds.from_state(backend.get(kg, STATE_DECLARED, DECLARED_KEY))
         return group
 
     def _group(self, kg: int) -> _KeyGroup:
@@ -253,6 +274,8 @@ class TierWindowOperator(Operator):
     ) -> None:
         if isinstance(batch, RawLinesBatch):
             return  # the raw tier is written from these elsewhere; nothing to aggregate
+        if isinstance(batch, RecordBatch) and batch.kind_changes:
+            self._declare(batch)
         if len(batch) == 0:
             return
         kg = batch.key_group
@@ -286,6 +309,21 @@ class TierWindowOperator(Operator):
             bins = batch.sketches
         self.metrics.input_rows += len(batch)
         self._ingest(kg, group, cols, bins, batch, output)
+
+    def _declare(self, batch: RecordBatch) -> None:
+        """Apply the batch's ``kinds1`` declarations (declared.py) before its rows: the rows
+        are only stored now, kinds matter when windows fire, and every window a row of this
+        batch could fire is at or after the effective window."""
+        if not self._raw or self.field_kinds is None:
+            return
+        group = self._group(batch.key_group)
+        changed = apply_declarations(
+            group.declared, batch, group.watermark_ns, self.window_ns, self.allowed_lateness_ns
+        )
+        if changed:
+            self.metrics.declared_kinds += changed
+            backend, _ = self._state()
+            backend.put(batch.key_group, STATE_DECLARED, DECLARED_KEY, group.declared.to_state())
 
     def _ingest(
         self,
@@ -344,9 +382,9 @@ class TierWindowOperator(Operator):
     def _refire(self, kg: int, group: _KeyGroup, refire: list[int], output: Output) -> None:
         """Emit fired windows again. A counter's change at ``t`` also changes the window of
         its next sample: on the raw tier every later fired window goes out again too."""
-        kind = group.kinds.of(group.keys.keys)
+        kind = group.kind()
         wm = group.watermark_ns
-        if self._raw and kind is not None and group.kinds.any_counter and wm is not None:
+        if self._raw and kind is not None and group.any_counter() and wm is not None:
             refire = sorted(set(refire) | set(self._fired_ends(kg, refire[0], wm)))
         windows = [
             (end, self._chunks(kg, encode_time(end), encode_time(end + 1))) for end in refire
@@ -394,7 +432,7 @@ class TierWindowOperator(Operator):
             )
         if self.corrections is not None:
             self._request_correction(kg, group, ids, ends, output)
-        kind = group.kinds.of(group.keys.keys)
+        kind = group.kind()
         if not (self._raw and kind is not None and group.watermark_ns is not None):
             return False
         purged = ends <= group.watermark_ns - self.allowed_lateness_ns
@@ -458,6 +496,11 @@ class TierWindowOperator(Operator):
         output: Output,
     ) -> None:
         self.metrics.correction_requests += int(ids.shape[0])
+        starts = ends.astype(np.int64) - self.window_ns
+        base = group.kinds.of(group.keys.keys)
+        counter = None
+        if self._raw and group.declared and base is not None:
+            counter = group.declared.counter_flags(group.keys.keys, base, ids, starts)
         output.emit_side(
             "correct",
             CorrectionRequest(
@@ -467,9 +510,10 @@ class TierWindowOperator(Operator):
                 source_tier=self.input_tier,
                 keys=group.keys.keys,
                 key_idx=ids.astype(np.int32),
-                window_start_ns=ends.astype(np.int64) - self.window_ns,
+                window_start_ns=starts,
                 seq=seq,
                 created_ns=time.time_ns(),
+                counter=counter,
             ),
         )
 
@@ -544,8 +588,8 @@ class TierWindowOperator(Operator):
         if windows:
             self._emit(kg, group, windows, output, reemission=False)
         purge_to = encode_time(wm - self.allowed_lateness_ns + 1)
-        kind = group.kinds.of(group.keys.keys)
-        if self._raw and kind is not None and group.kinds.any_counter:
+        kind = group.kind()
+        if self._raw and kind is not None and group.any_counter():
             purged = self._chunks(kg, None, purge_to)
             if purged:  # their counters' last samples pair with the next windows' first
                 last = aggregates.window_last(purged, kind, self._unit_ns)
@@ -582,16 +626,24 @@ class TierWindowOperator(Operator):
     def _aggregate(
         self, kg: int, group: _KeyGroup, windows: list[tuple[int, list[Chunk]]]
     ) -> AggregateBatch | None:
-        kind = group.kinds.of(group.keys.keys)
+        kind = group.kind()
         previous = None
-        if self._raw and kind is not None and group.kinds.any_counter and windows:
+        if self._raw and kind is not None and group.any_counter() and windows:
             earlier = self._chunks(kg, None, encode_time(windows[0][0]))
             previous = aggregates.merge_last(
                 group.frontier, aggregates.window_last(earlier, kind, self._unit_ns)
             )
-        counters = self._raw and group.kinds.any_counter
+        counters = self._raw and group.any_counter()
+        kind_at = None
+        base = group.kinds.of(group.keys.keys)
+        if self._raw and group.declared and base is not None:
+            keys, declared, base_kind = group.keys.keys, group.declared, base
+
+            def kind_at(start_ns: int) -> Any:
+                return declared.at(keys, base_kind, start_ns)
+
         fired = aggregates.fire_windows(
-            windows, self._raw, self._unit_ns, self.window_ns, kind, previous, counters
+            windows, self._raw, self._unit_ns, self.window_ns, kind, previous, counters, kind_at
         )
         if fired is None:
             return None

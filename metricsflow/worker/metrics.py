@@ -116,15 +116,23 @@ class WorkerCollector(Collector):
             "purged (state expiry).",
             labels=["tier"],
         )
+        declared = CounterMetricFamily(
+            p + "tier_declared_kinds",
+            "Measurements whose kind (counter/gauge) a declaration from remote-write metadata "
+            "changed, summed over key groups.",
+            labels=["tier"],
+        )
         lag_sum = lag_count = lag_max = 0
         for tier, tm in r.metrics.tiers.items():
             corrected.add_metric([tier], tm.corrected_rows)
             expired.add_metric([tier], tm.expired_keys)
+            declared.add_metric([tier], tm.declared_kinds)
             lag_sum += tm.correction_lag_ns_sum
             lag_count += tm.corrections
             lag_max = max(lag_max, tm.correction_lag_ns_max)
         yield corrected
         yield expired
+        yield declared
         yield GaugeMetricFamily(
             p + "correction_backlog",
             "(series, window) pairs waiting to be re-derived.",

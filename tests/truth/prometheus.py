@@ -17,6 +17,14 @@ What differs from Prometheus, stated as code (docs/counters-and-percentiles.md):
   (``extrapolatedRate`` in promql/functions.go, :func:`extrapolate`); we do not, so
   consecutive windows add up to the exact total increase.
 
+Prometheus also remote-writes its *metadata* every second here (``metadata_config``), and
+scrapes a tiny exporter served by the test (:class:`TypedExporter`) whose two families only
+metadata can classify: ``legacy_requests`` is a counter without the ``_total`` suffix, and
+``queue_depth_total`` a gauge with a counter's name. :func:`check_declared_kinds` checks that
+the first becomes a counter from its switch window on (matching Prometheus' ``increase()`` as
+below) and the second stops being one (docs/counters-and-percentiles.md, "Types from
+remote-write metadata").
+
 So for every whole window of length W: ``increase(m[W])`` at the window's last millisecond ==
 extrapolate(tier ``increase_value`` - boundary pair) and ``resets(m[W])`` == tier
 ``resets_value`` - the boundary pair's reset. The samples (and so the boundary pair) are
@@ -25,8 +33,11 @@ Prometheus' own, read back from its API: the same samples it remote-wrote.
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,11 +89,63 @@ def tier_counters(stack: Stack, series: dict[str, str], tier: str) -> dict[int, 
     return out
 
 
+class TypedExporter:
+    """A ``/metrics`` endpoint in text format 0.0.4 with two families that only their
+    ``# TYPE`` lines classify: ``legacy_requests`` (a counter, +1..+3 per scrape, reset to 0
+    every 40 scrapes) and ``queue_depth_total`` (a gauge going up and down)."""
+
+    def __init__(self) -> None:
+        self.scrapes = 0
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = exporter.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def render(self) -> str:
+        self.scrapes += 1
+        n = self.scrapes
+        requests = sum(1 + i % 3 for i in range(n % 40))
+        depth = (n * 7) % 11
+        return (
+            "# HELP legacy_requests Requests served (an old-style counter: no _total).\n"
+            "# TYPE legacy_requests counter\n"
+            f"legacy_requests {requests}\n"
+            "# HELP queue_depth_total A gauge with a counter's name.\n"
+            "# TYPE queue_depth_total gauge\n"
+            f"queue_depth_total {depth}\n"
+        )
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class CounterPrometheus(PrometheusServer):
     """Keeps only the compared metrics (a few dozen series instead of ~700 a second), so that
-    it does not load the truth suite's worker."""
+    it does not load the truth suite's worker; scrapes a :class:`TypedExporter` too and sends
+    its metadata every second."""
+
+    exporter: TypedExporter | None = None
 
     def prepare(self) -> None:
+        self.exporter = TypedExporter()
         keep = "|".join(sorted({s.split("{")[0] for s in SERIES}))
         (self.data_dir / "prometheus.yml").write_text(
             f"""
@@ -97,13 +160,24 @@ scrape_configs:
       - source_labels: [__name__]
         regex: "{keep}"
         action: keep
+  - job_name: typed
+    static_configs:
+      - targets: ["{self.exporter.target}"]
 remote_write:
   - url: "{self.remote_write_url}"
     queue_config:
       batch_send_deadline: 1s
       max_samples_per_send: 2000
+    metadata_config:
+      send: true
+      send_interval: 1s
 """
         )
+
+    def stop(self, timeout_s: float | None = None) -> bool:
+        if self.exporter is not None:
+            self.exporter.stop()
+        return super().stop(timeout_s)
 
 
 def start_prometheus(stack: Stack, data_dir: Path) -> PrometheusServer:
@@ -195,3 +269,68 @@ def check_against_prometheus(
             checked += 1
     assert checked >= min_checked, f"too few windows compared: {checked}"
     return checked
+
+
+def check_declared_kinds(
+    stack: Stack, prom: PrometheusServer, *, tier: str = "10s", window_ms: int = 10_000
+) -> int:
+    """Kinds from Prometheus' metadata (module docstring): ``legacy_requests``' tier rows carry
+    ``increase_value`` from some window on and in every window after it, each matching
+    Prometheus' own ``increase()``/``resets()`` (extrapolation as in
+    :func:`check_against_prometheus`); ``queue_depth_total``'s rows after that window carry
+    none. Returns how many windows were compared with Prometheus."""
+    client = httpx.Client(base_url=prom.url, timeout=10)
+    deadline = time.monotonic() + 90
+    labels: dict[str, str] = {}
+    while True:
+        found = client.get("/api/v1/query", params={"query": "legacy_requests[5m]"}).json()
+        result = found["data"]["result"]
+        if result:
+            labels = result[0]["metric"]
+            samples = [(round(float(t) * 1000), float(v)) for t, v in result[0]["values"]]
+            ours = tier_counters(stack, labels, tier)
+            if len(ours) >= 4:
+                break
+        assert time.monotonic() < deadline, f"no increase_value for legacy_requests: {found}"
+        time.sleep(1)
+    switch = min(ours)
+    starts = range(switch, samples[-1][0] - 2 * window_ms, window_ms)
+    exact = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    width = f"{window_ms // 1000}s"
+    compared = 0
+    for start in starts:
+        end = start + window_ms - 1
+        inside = [s for s in samples if end - window_ms <= s[0] <= end]
+        mine = [s for s in samples if start <= s[0] < start + window_ms]
+        if not mine:
+            continue
+        assert start in ours, ("a window after the switch without increase_", start, sorted(ours))
+        if inside != mine or len(inside) < 2 or not [s for s in samples if s[0] < start]:
+            continue
+        before = [s for s in samples if s[0] < start][-1][1]
+        first = inside[0][1]
+        boundary = first - before if first >= before else first
+        increase, resets = ours[start]
+        q = {"time": f"{end / 1000:.3f}"}
+        prom_inc = client.get(
+            "/api/v1/query", params={**q, "query": f"increase(legacy_requests{exact}[{width}])"}
+        ).json()["data"]["result"]
+        prom_res = client.get(
+            "/api/v1/query", params={**q, "query": f"resets(legacy_requests{exact}[{width}])"}
+        ).json()["data"]["result"]
+        expected = extrapolate(increase - boundary, inside, end - window_ms, end)
+        assert float(prom_inc[0]["value"][1]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert int(float(prom_res[0]["value"][1])) == resets - int(first < before)
+        compared += 1
+    assert compared >= 2, f"too few legacy_requests windows compared: {compared}"
+    # its own partition's switch may come a window or two apart (another watermark)
+    after = (switch + 3 * window_ms) * 1_000_000
+    rows = query(
+        stack.influx.url,
+        stack.db,
+        f'SELECT count_value, increase_value FROM "{tier}"."queue_depth_total" '
+        f"WHERE time >= {after} GROUP BY *",
+    )
+    assert rows, "no queue_depth_total rows after the switch"
+    assert all(r["increase_value"] is None for r in rows), rows[:3]
+    return compared

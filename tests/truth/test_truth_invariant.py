@@ -48,7 +48,11 @@ from fastapi import FastAPI
 from gateway.query.base import TIER_HEADER, QuerySettings
 from gateway.query.router import create_query_router
 from tests.job.stack import Stack, metrics_of, query, repeating, stack_factory
-from tests.truth.prometheus import check_against_prometheus, start_prometheus
+from tests.truth.prometheus import (
+    check_against_prometheus,
+    check_declared_kinds,
+    start_prometheus,
+)
 
 __all__ = ["stack_factory"]
 
@@ -385,6 +389,7 @@ async def test_every_tier_converges_to_influxdb_group_by_over_raw_and_stays_ther
         assert raw[0]["count"] == 1200
         if prom is not None:
             check_against_prometheus(stack, prom)
+            check_declared_kinds(stack, prom)
     finally:
         if prom is not None:
             prom.stop()
