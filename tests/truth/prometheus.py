@@ -313,10 +313,10 @@ def check_declared_kinds(
         increase, resets = ours[start]
         q = {"time": f"{end / 1000:.3f}"}
         prom_inc = client.get(
-            "/api/v1/query", params={**q, "query": f"increase(legacy_requests{exact}[{width}])"}
+            "/api/v1/query", params={**q, "query": f"increase({exact}[{width}])"}
         ).json()["data"]["result"]
         prom_res = client.get(
-            "/api/v1/query", params={**q, "query": f"resets(legacy_requests{exact}[{width}])"}
+            "/api/v1/query", params={**q, "query": f"resets({exact}[{width}])"}
         ).json()["data"]["result"]
         expected = extrapolate(increase - boundary, inside, end - window_ms, end)
         assert float(prom_inc[0]["value"][1]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
