@@ -29,8 +29,6 @@ window is NumPy over columns (kernels.py).
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,8 +46,6 @@ from metricsflow.runtime.base import (
 )
 from metricsflow.runtime.records import (
     AggregateBatch,
-    CorrectionRequest,
-    CorrectionResult,
     RawLinesBatch,
     RecordBatch,
     SketchBins,
@@ -60,14 +56,12 @@ from metricsflow.state.handles import CheckpointStorage
 from metricsflow.state.serializers import INT64, MSGPACK, NUMPY_COLUMNS, ColumnarChunk
 from metricsflow.windows import aggregates, kernels
 from metricsflow.windows.aggregates import FieldKindIndex
+from metricsflow.windows.correcting import WindowCorrector
 from metricsflow.windows.corrections import (
     STATE_PENDING,
     CorrectionInbox,
     decode_time,
     encode_time,
-    pending_entries,
-    record_pending,
-    settle_pending,
 )
 from metricsflow.windows.counters import LastSamples
 from metricsflow.windows.declared import (
@@ -76,20 +70,23 @@ from metricsflow.windows.declared import (
     DeclaredKinds,
     apply_declarations,
 )
+from metricsflow.windows.groups import (
+    META_CORRECTION_SEQ,
+    META_SEQ,
+    META_WATERMARK,
+    STATE_META,
+    KeyGroupState,
+)
 from metricsflow.windows.kernels import Chunk, Int32Array, Int64Array
-from metricsflow.windows.keys import STATE_CHUNKS, STATE_KEYS, KeyMapping, WindowKeys
+from metricsflow.windows.keys import STATE_CHUNKS, STATE_KEYS, WindowKeys
 from metricsflow.windows.metrics import TierWindowMetrics
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["STATE_CHUNKS", "STATE_KEYS", "STATE_META", "TierWindowMetrics", "TierWindowOperator"]
 
-STATE_META = "window-meta"
 STATE_COUNTERS = "window-counters"
 _COUNTERS_LAST = b"last"
-_META_WATERMARK = b"watermark"
-_META_SEQ = b"next-seq"
-_META_CORRECTION_SEQ = b"next-correction-seq"
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -97,35 +94,6 @@ _INT64_MAX = 2**63 - 1
 
 def chunk_key(window_end_ns: int, seq: int) -> bytes:
     return encode_time(window_end_ns) + seq.to_bytes(8, "big")
-
-
-@dataclass(slots=True)
-class _KeyGroup:
-    watermark_ns: int | None = None
-    next_seq: int = 0
-    keys: WindowKeys = field(default_factory=WindowKeys)
-    """window key string <-> int32 id (persisted in ``window-keys``, expiring); its ``keys``
-    snapshot is the ``keys`` of every AggregateBatch this key group emits"""
-    correction_seq: int = 0
-    resubmit: bool = False
-    """pending corrections restored from a checkpoint, to request again at the next tick"""
-    kinds: FieldKindIndex = field(default_factory=lambda: FieldKindIndex(None))
-    """gauge / counter / sketched per key id (aggregates.py)"""
-    frontier: LastSamples | None = None
-    """raw tier: the last sample of each counter key in the purged windows (``window-counters``)"""
-    declared: DeclaredKinds = field(default_factory=DeclaredKinds)
-    """raw tier: kinds declared in the log (declared.py, ``window-declared``)"""
-
-    def kind(self) -> Any:
-        """Per key id: gauge, counter (in any window: its samples are kept) or sketched;
-        ``None`` without field kinds."""
-        base = self.kinds.of(self.keys.keys)
-        if base is None or not self.declared:
-            return base
-        return self.declared.ever(self.keys.keys, base)
-
-    def any_counter(self) -> bool:
-        return self.kinds.any_counter or bool(self.declared)
 
 
 class TierWindowOperator(Operator):
@@ -182,8 +150,11 @@ class TierWindowOperator(Operator):
         self.counter_horizon_ns = counter_horizon_ns
         self.kind_cache: dict[str, int] = {} if kind_cache is None else kind_cache
         self._raw = input_window_ns == 0
+        self._corrector = WindowCorrector(
+            uid, tier.name, window_ns, input_tier, self._raw, self.metrics
+        )
         self._unit_ns = input_window_ns or 1
-        self._groups: dict[int, _KeyGroup] = {}
+        self._groups: dict[int, KeyGroupState] = {}
         self._key_groups: set[int] = set()
         self._backend: KeyedStateBackend | None = None
         self._storage: CheckpointStorage | None = None
@@ -242,14 +213,14 @@ class TierWindowOperator(Operator):
             raise StateError(f"operator {self.uid!r} used before setup()")
         return self._backend, self._storage
 
-    def _load(self, kg: int) -> _KeyGroup:
+    def _load(self, kg: int) -> KeyGroupState:
         backend, _ = self._state()
-        group = _KeyGroup(kinds=FieldKindIndex(self.field_kinds, self.kind_cache))
+        group = KeyGroupState(kinds=FieldKindIndex(self.field_kinds, self.kind_cache))
         stored = backend.get(kg, STATE_COUNTERS, _COUNTERS_LAST)
         group.frontier = None if stored is None else aggregates.last_from_chunk(stored.columns)
-        group.watermark_ns = backend.get(kg, STATE_META, _META_WATERMARK)
-        group.next_seq = backend.get(kg, STATE_META, _META_SEQ) or 0
-        group.correction_seq = backend.get(kg, STATE_META, _META_CORRECTION_SEQ) or 0
+        group.watermark_ns = backend.get(kg, STATE_META, META_WATERMARK)
+        group.next_seq = backend.get(kg, STATE_META, META_SEQ) or 0
+        group.correction_seq = backend.get(kg, STATE_META, META_CORRECTION_SEQ) or 0
         group.resubmit = self.corrections is not None and any(
             True for _ in backend.scan(kg, STATE_PENDING)
         )
@@ -257,7 +228,7 @@ class TierWindowOperator(Operator):
         group.declared = DeclaredKinds.from_state(backend.get(kg, STATE_DECLARED, DECLARED_KEY))
         return group
 
-    def _group(self, kg: int) -> _KeyGroup:
+    def _group(self, kg: int) -> KeyGroupState:
         group = self._groups.get(kg)
         if group is None:
             self._key_groups.add(kg)
@@ -328,7 +299,7 @@ class TierWindowOperator(Operator):
     def _ingest(
         self,
         kg: int,
-        group: _KeyGroup,
+        group: KeyGroupState,
         cols: Chunk,
         bins: SketchBins | None,
         batch: RecordBatch | AggregateBatch,
@@ -375,11 +346,11 @@ class TierWindowOperator(Operator):
             backend.put(kg, STATE_CHUNKS, chunk_key(window_end, seq), ColumnarChunk(rows))
             seq += 1
         group.next_seq = seq
-        backend.put(kg, STATE_META, _META_SEQ, seq)
+        backend.put(kg, STATE_META, META_SEQ, seq)
         if refire:
             self._refire(kg, group, refire, output)
 
-    def _refire(self, kg: int, group: _KeyGroup, refire: list[int], output: Output) -> None:
+    def _refire(self, kg: int, group: KeyGroupState, refire: list[int], output: Output) -> None:
         """Emit fired windows again. A counter's change at ``t`` also changes the window of
         its next sample: on the raw tier every later fired window goes out again too."""
         kind = group.kind()
@@ -398,7 +369,7 @@ class TierWindowOperator(Operator):
     def _on_late(
         self,
         kg: int,
-        group: _KeyGroup,
+        group: KeyGroupState,
         batch: RecordBatch | AggregateBatch,
         late: Any,
         cols: Chunk,
@@ -444,7 +415,7 @@ class TierWindowOperator(Operator):
         self._set_frontier(kg, group, moved)
         return True
 
-    def _expire(self, kg: int, group: _KeyGroup, purged_through_ns: int) -> None:
+    def _expire(self, kg: int, group: KeyGroupState, purged_through_ns: int) -> None:
         """State expiry (keys.py). A counter's last sample (``window-counters``) keeps its key
         for ``counter_horizon_ns`` (its next sample pairs with it); that state is renumbered
         with the dictionary."""
@@ -466,7 +437,7 @@ class TierWindowOperator(Operator):
             moved = LastSamples(remap[frontier.key_id], frontier.t_ns, frontier.value)
             self._set_frontier(kg, group, moved)
 
-    def _set_frontier(self, kg: int, group: _KeyGroup, frontier: LastSamples | None) -> None:
+    def _set_frontier(self, kg: int, group: KeyGroupState, frontier: LastSamples | None) -> None:
         if frontier is None or frontier is group.frontier:
             return
         group.frontier = frontier
@@ -474,103 +445,17 @@ class TierWindowOperator(Operator):
         chunk = ColumnarChunk(aggregates.last_to_chunk(frontier))
         backend.put(kg, STATE_COUNTERS, _COUNTERS_LAST, chunk)
 
-    # -- corrections (docs/windows.md, "Corrections") -------------------------------------
+    # -- corrections (docs/windows.md, "Corrections"; correcting.py) ----------------------
     def _request_correction(
-        self, kg: int, group: _KeyGroup, ids: Int32Array, ends: Int64Array, output: Output
+        self, kg: int, group: KeyGroupState, ids: Int32Array, ends: Int64Array, output: Output
     ) -> None:
-        """Remember the (key, window) pairs in state and ask for them to be re-derived."""
-        backend, _ = self._state()
-        group.correction_seq += 1
-        backend.put(kg, STATE_META, _META_CORRECTION_SEQ, group.correction_seq)
-        key_ids, window_ends = record_pending(backend, kg, ids, ends, group.correction_seq)
-        group.keys.pin(key_ids)
-        self._emit_request(kg, group, key_ids, window_ends, group.correction_seq, output)
-
-    def _emit_request(
-        self,
-        kg: int,
-        group: _KeyGroup,
-        ids: Any,
-        ends: Any,
-        seq: int,
-        output: Output,
-    ) -> None:
-        self.metrics.correction_requests += int(ids.shape[0])
-        starts = ends.astype(np.int64) - self.window_ns
-        base = group.kinds.of(group.keys.keys)
-        counter = None
-        if self._raw and group.declared and base is not None:
-            counter = group.declared.counter_flags(group.keys.keys, base, ids, starts)
-        output.emit_side(
-            "correct",
-            CorrectionRequest(
-                key_group=kg,
-                tier=self.tier.name,
-                window_ns=self.window_ns,
-                source_tier=self.input_tier,
-                keys=group.keys.keys,
-                key_idx=ids.astype(np.int32),
-                window_start_ns=starts,
-                seq=seq,
-                created_ns=time.time_ns(),
-                counter=counter,
-            ),
-        )
+        self._corrector.request(self._state()[0], kg, group, ids, ends, output)
 
     def on_processing_time(self, now_ns: int, output: Output) -> None:
         """Emit the corrections that came back, and re-request those restored from a
         checkpoint (called by the source task on every tick)."""
-        if self.corrections is None:
-            return
-        for kg in sorted(self._groups):
-            group = self._groups[kg]
-            if group.resubmit:
-                group.resubmit = False
-                self._resubmit(kg, group, output)
-            for result in self.corrections.take(kg, self.tier.name):
-                self._apply_correction(kg, group, result, output)
-
-    def _resubmit(self, kg: int, group: _KeyGroup, output: Output) -> None:
-        backend, _ = self._state()
-        ids, ends, seq = pending_entries(backend, kg)
-        if ids.shape[0]:
-            logger.info(
-                "%s: requesting %d restored corrections again key_group=%d",
-                self.uid,
-                ids.shape[0],
-                kg,
-            )
-            self._emit_request(kg, group, ids, ends, seq, output)
-
-    def _apply_correction(
-        self, kg: int, group: _KeyGroup, result: CorrectionResult, output: Output
-    ) -> None:
-        """Emit re-derived rows (they replace the stored rows downstream) and settle the
-        pending entries they answer (those not asked again since)."""
-        batch = result.batch
-        backend, _ = self._state()
-        if len(batch):
-            ids = group.keys.map(backend, kg, batch.keys, batch.key_idx, KeyMapping())
-            settle_pending(backend, kg, ids, batch.window_start_ns + self.window_ns, result.seq)
-            self.metrics.corrected_rows += len(batch)
-            output.emit(replace(batch, keys=group.keys.keys, key_idx=ids))
-        if result.empty_keys:  # nothing in InfluxDB for these (e.g. beyond raw retention)
-            known = [
-                (group.keys.dictionary.get(k), s)
-                for k, s in zip(result.empty_keys, result.empty_window_start_ns, strict=True)
-            ]
-            pairs = [(k, s + self.window_ns) for k, s in known if k is not None]
-            settle_pending(
-                backend,
-                kg,
-                np.array([k for k, _ in pairs], dtype=np.int32),
-                np.array([e for _, e in pairs], dtype=np.int64),
-                result.seq,
-            )
-        lag = max(0, time.time_ns() - result.created_ns)
-        self.metrics.corrections += 1
-        self.metrics.correction_lag_ns_sum += lag
-        self.metrics.correction_lag_ns_max = max(self.metrics.correction_lag_ns_max, lag)
+        if self.corrections is not None:
+            self._corrector.tick(self._state()[0], self.corrections, self._groups, output)
 
     # -- firing ---------------------------------------------------------------------------
     def process_watermark(self, watermark: Watermark, output: Output) -> None:
@@ -584,7 +469,7 @@ class TierWindowOperator(Operator):
         start = None if prev is None else encode_time(prev + 1)
         windows = list(kernels.by_window(self._scan(kg, start, encode_time(wm + 1))))
         group.watermark_ns = wm
-        backend.put(kg, STATE_META, _META_WATERMARK, wm)
+        backend.put(kg, STATE_META, META_WATERMARK, wm)
         if windows:
             self._emit(kg, group, windows, output, reemission=False)
         purge_to = encode_time(wm - self.allowed_lateness_ns + 1)
@@ -608,7 +493,7 @@ class TierWindowOperator(Operator):
     def _emit(
         self,
         kg: int,
-        group: _KeyGroup,
+        group: KeyGroupState,
         windows: list[tuple[int, list[Chunk]]],
         output: Output,
         *,
@@ -624,7 +509,7 @@ class TierWindowOperator(Operator):
         output.emit(batch)
 
     def _aggregate(
-        self, kg: int, group: _KeyGroup, windows: list[tuple[int, list[Chunk]]]
+        self, kg: int, group: KeyGroupState, windows: list[tuple[int, list[Chunk]]]
     ) -> AggregateBatch | None:
         kind = group.kind()
         previous = None
