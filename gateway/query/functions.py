@@ -72,7 +72,9 @@ class FunctionPart:
     role: str
     tier: str
     influxql: str
-    #: percentile parts: ``SELECT count(...)`` of the rows the part reads (one total row)
+    #: percentile parts: ``SELECT count(...)`` of the rows the part reads (one total row);
+    #: counter parts that read ``increase_<f>``: ``count(increase_<f>)`` and ``count(count_<f>)``
+    #: per component (columns ``c<i>_i``, ``c<i>_n``), equal when every window has an increase
     count_influxql: str = ""
 
 
@@ -203,6 +205,19 @@ def build_function_parts(
     )
     sums = _fields(analysis, lambda c, f: Call("sum", (VarRef(tier_field_name(c, f)),)))
     lasts = _fields(analysis, lambda _c, f: Call("last", (VarRef(tier_field_name("last", f)),)))
+    coverage = [
+        field
+        for i, (c, f) in enumerate(analysis.components)
+        for field in (
+            Field(Call("count", (VarRef(tier_field_name(c, f)),)), f"{component_alias(i)}_i"),
+            Field(Call("count", (VarRef(tier_field_name("count", f)),)), f"{component_alias(i)}_n"),
+        )
+    ]
+
+    def increases(role: str, t: TierSpec, lo: int, hi: int) -> FunctionPart:
+        sql = _statement(analysis, source(t), sums, lo, hi, timed, Fill("none"))
+        count_sql = _statement(analysis, source(t), coverage, lo, hi, (), None)
+        return FunctionPart(role, t.name, sql, count_sql)
 
     def counted(role: str, lo: int, hi: int) -> None:
         for t, p_lo, p_hi in pieces(lo, hi):
@@ -217,10 +232,8 @@ def build_function_parts(
     if first_bucket < a:
         # The first interval's increase is that of its whole windows, as InfluxDB's first
         # difference is its last sample minus the last one before the interval.
-        sql = _statement(analysis, source(tier), sums, first_bucket, a, timed, Fill("none"))
-        parts.append(FunctionPart("head_increase", tier.name, sql))
-    sql = _statement(analysis, source(tier), sums, a, b, timed, Fill("none"))
-    parts.append(FunctionPart("body", tier.name, sql))
+        parts.append(increases("head_increase", tier, first_bucket, a))
+    parts.append(increases("body", tier, a, b))
     if b >= end:
         return parts
     # The tail: finer tiers' increases, then raw samples from the last sample before them.
@@ -231,8 +244,7 @@ def build_function_parts(
             sql = _statement(analysis, src, raw_values, lo, hi, every, None)
             parts.append(FunctionPart("tail", RAW_TIER, sql))
             continue
-        sql = _statement(analysis, source(t), sums, lo, hi, timed, Fill("none"))
-        parts.append(FunctionPart("body", t.name, sql))
+        parts.append(increases("body", t, lo, hi))
         sql = _statement(analysis, source(t), lasts, lo, hi, every, None)
         parts.append(FunctionPart("previous", t.name, sql))
     return parts

@@ -316,11 +316,39 @@ class QueryService:
                     f"percentile() would read {rows} rows into the gateway, more than "
                     f"GATEWAY_QUERY_MAX_PERCENTILE_ROWS={limit}"
                 )
+        elif not await self.increases_complete(parts, params, headers):
+            raise UnrewritableQueryError(
+                "some tier windows in the range have no increase_ (written before the field "
+                "was declared a counter by remote-write metadata)"
+            )
         keys = group_keys(analysis, tag_keys)
         logger.debug("query to tier=%s kind=%s parts=%d", tier.name, analysis.kind, len(parts))
         # InfluxDB answers a percentile of an integer field with one of its integers.
         integers = frozenset(f for _, f in analysis.components if raw_types.get(f) == "integer")
         return Plan(analysis, tier.name, [], tuple(parts), keys, integers)
+
+    async def increases_complete(
+        self, parts: list[FunctionPart], params: dict[str, str], headers: dict[str, str]
+    ) -> bool:
+        """Whether every tier window a counter plan sums has its ``increase_`` (a counter that
+        remote-write metadata declared has none in the windows written before the switch:
+        docs/counters-and-percentiles.md)."""
+        texts = [p.count_influxql for p in parts if p.count_influxql]
+        if not texts:
+            return True
+        try:
+            results = await self.influx_query("; ".join(texts), params, headers, "ns")
+        except (InfluxDBQueryError, httpx.HTTPError) as exc:
+            raise UnrewritableQueryError(f"could not count the tier's increases: {exc}") from exc
+        for result in results:
+            for series in result.get("series", []):
+                columns = series.get("columns", [])
+                for row in series.get("values", []):
+                    found = dict(zip(columns, row, strict=False))
+                    for name, with_increase in found.items():
+                        if name.endswith("_i") and with_increase != found.get(name[:-2] + "_n"):
+                            return False
+        return True
 
     async def rows_to_read(
         self, parts: list[FunctionPart], params: dict[str, str], headers: dict[str, str]

@@ -87,7 +87,7 @@ def increases(samples: list[Sample], window_ns: int) -> dict[int, tuple[float, i
     return out
 
 
-def _gauge_fields(name: str, values: list[float]) -> list[str]:
+def gauge_fields(name: str, values: list[float]) -> list[str]:
     total = 0.0
     for v in values:
         total += v
@@ -121,8 +121,8 @@ def tier_lines(
         _, encoded = sketches.encode(bins)
         _, pcts = sketches.percentiles(bins)
         for i, w in enumerate(windows):
-            fields = _gauge_fields("requests_total", by_window_c[w])
-            fields += _gauge_fields("latency", by_window_l[w])
+            fields = gauge_fields("requests_total", by_window_c[w])
+            fields += gauge_fields("latency", by_window_l[w])
             increase, resets = inc[w]
             fields += [f"increase_requests_total={increase!r}", f"resets_requests_total={resets}i"]
             fields.append(f'sketch_latency="{encoded[i]}"')

@@ -29,6 +29,8 @@ from metricsflow.windows import sketches
 from tests.gateway.query.counter_sketch_data import (
     CounterSketchDataset,
     Sample,
+    gauge_fields,
+    increases,
     write_dataset,
 )
 
@@ -376,3 +378,61 @@ async def test_a_percentile_of_an_integer_field_is_an_integer_as_influxdb_answer
     got, want = await ask(api, influxdb_server.url, ds.database, q)
     assert got.headers[TIER_HEADER] == "1m"
     assert got.json() == want
+
+
+# --------------------------------------------------------------------------------------------
+# A counter declared by remote-write metadata after some of its windows were written
+# --------------------------------------------------------------------------------------------
+
+
+def write_declared_counter(influxdb_url: str, ds: CounterSketchDataset, switch_ns: int) -> None:
+    """Measurement ``legacy``: host ``a``'s counter samples in raw, and 1m/1h tier rows whose
+    windows before ``switch_ns`` have no ``increase_value`` (they were written while the field
+    was still a gauge: docs/counters-and-percentiles.md, "Types from remote-write metadata")."""
+    samples = ds.counter["a"]
+    raw = [f"legacy,host=a value={v!r} {t}" for t, v in samples]
+    batches: list[tuple[str, list[str]]] = [("raw", raw)]
+    for rp, window in (("1m", MINUTE_NS), ("1h", 60 * MINUTE_NS)):
+        inc = increases(samples, window)
+        by_window: dict[int, list[float]] = {}
+        for t, v in samples:
+            by_window.setdefault(t - t % window, []).append(v)
+        lines = []
+        for w, values in sorted(by_window.items()):
+            fields = gauge_fields("value", values)
+            if w >= switch_ns:
+                fields += [f"increase_value={inc[w][0]!r}", f"resets_value={inc[w][1]}i"]
+            lines.append(f"legacy,host=a {','.join(fields)} {w}")
+        batches.append((rp, lines))
+    with httpx.Client(base_url=influxdb_url, timeout=60) as client:
+        for rp, lines in batches:
+            r = client.post(
+                "/write", params={"db": ds.database, "rp": rp}, content="\n".join(lines)
+            )
+            assert r.status_code == 204, r.text
+
+
+async def test_a_counter_query_over_windows_without_increase_goes_to_raw_and_after_them_to_tiers(
+    dataset: CounterSketchDataset,
+    query_client_factory: QueryClientFactory,
+    influxdb_server: InfluxDBServer,
+) -> None:
+    ds = dataset
+    switch = ds.start_ns + 3 * 60 * MINUTE_NS
+    write_declared_counter(influxdb_server.url, ds, switch)
+    api = query_client_factory()
+    before = time_filter(ds, 0, 0)
+    q = (
+        f'SELECT non_negative_difference(last("value")) FROM "legacy" WHERE {before} '
+        "GROUP BY time(5m)"
+    )
+    got, want = await ask(api, influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == "raw"
+    assert got.json() == want
+    after = time_filter(ds, switch - ds.start_ns + 10 * MINUTE_NS, 0)
+    q = f'SELECT difference(last("value")) FROM "legacy" WHERE {after} GROUP BY time(5m)'
+    got, _ = await ask(api, influxdb_server.url, ds.database, q)
+    assert got.headers[TIER_HEADER] == "1m"
+    start = switch + 10 * MINUTE_NS
+    reference = reference_increases({"a": ds.counter["a"]}, 5 * MINUTE_NS, start, ds.end_ns, False)
+    assert dict(series_of(got.json())[0]["values"]) == reference[None]
