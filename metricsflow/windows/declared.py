@@ -32,6 +32,7 @@ clock) can move the switch by a window, as they can move lateness (docs/windows.
 
 from __future__ import annotations
 
+import bisect
 import logging
 
 import numpy as np
@@ -66,6 +67,7 @@ class DeclaredKinds:
     def __init__(self, transitions: dict[Measurement, list[tuple[int, int]]] | None = None) -> None:
         self.transitions: dict[Measurement, list[tuple[int, int]]] = transitions or {}
         self._slot_of: dict[Measurement, int] = {}
+        self._effective: list[int] = []
         self._renumber()
         self._keys: tuple[str, ...] = ()
         self._slots: Int32Array = np.zeros(0, np.int32)
@@ -97,6 +99,7 @@ class DeclaredKinds:
 
     def _renumber(self) -> None:
         self._slot_of = {m: i for i, m in enumerate(sorted(self.transitions))}
+        self._effective = sorted({e for history in self.transitions.values() for e, _ in history})
         self._keys = ()
         self._cache = {}
 
@@ -120,7 +123,7 @@ class DeclaredKinds:
 
     # -- kinds of keys --------------------------------------------------------------------
     def _slots_of(self, keys: tuple[str, ...]) -> Int32Array:
-        """Per key id, the index of its declared measurement (-1: none)."""
+        """Per key id, the index of its declared measurement (``len(slots)``: none)."""
         if keys is self._keys:
             return self._slots
         start = len(self._keys)
@@ -135,8 +138,10 @@ class DeclaredKinds:
         return self._slots
 
     def _slot(self, key: str) -> int:
+        """The key's declared measurement, or ``len(slots)`` (the "none" entry of the
+        per-slot tables) when it has none."""
         db, series, _ = split_window_key(key)
-        return self._slot_of.get((db, measurement_of(series)), -1)
+        return self._slot_of.get((db, measurement_of(series)), len(self._slot_of))
 
     def ever(self, keys: tuple[str, ...], base: Int8Array) -> Int8Array:
         """``base`` with every key that is a counter in some window made a counter: whose last
@@ -148,10 +153,11 @@ class DeclaredKinds:
         found = self._cache.get(cache_key)
         if found is not None:
             return found
-        out = base.copy()
+        per_slot = np.full(len(self._slot_of) + 1, -1, dtype=np.int8)  # the last: no slot
         for measurement, slot in self._slot_of.items():
             if any(kind == COUNTER for _, kind in self.transitions[measurement]):
-                out[slots == slot] = COUNTER
+                per_slot[slot] = COUNTER
+        out = np.where(per_slot[slots] == COUNTER, np.int8(COUNTER), base).astype(np.int8)
         self._cache[cache_key] = out
         return out
 
@@ -160,20 +166,22 @@ class DeclaredKinds:
         if not self.transitions:
             return base
         slots = self._slots_of(keys)
-        state = tuple(_kind_at(self.transitions[m], window_start_ns) for m in sorted(self._slot_of))
-        cache_key: tuple[object, ...] = ("at", id(base), state)
+        # the kinds depend only on which transitions are in effect: on the window's place
+        # among the distinct effective times
+        place = bisect.bisect_right(self._effective, window_start_ns)
+        cache_key: tuple[object, ...] = ("at", id(base), place)
         found = self._cache.get(cache_key)
         if found is not None:
             return found
+        per_slot = np.full(len(self._slot_of) + 1, -1, dtype=np.int8)  # the last: no slot
+        for measurement, slot in self._slot_of.items():
+            kind = _kind_at(self.transitions[measurement], window_start_ns)
+            if kind is not None:
+                per_slot[slot] = kind
+        declared = per_slot[slots]
         out = base.copy()
-        for (_, slot), kind in zip(sorted(self._slot_of.items()), state, strict=True):
-            if kind is None:
-                continue
-            mask = slots == slot
-            if kind == COUNTER:
-                out[mask] = COUNTER
-            else:
-                out[mask & (base == COUNTER)] = GAUGE
+        out[declared == COUNTER] = COUNTER
+        out[(declared == GAUGE) & (base == COUNTER)] = GAUGE
         if len(self._cache) > 64:
             self._cache.clear()
         self._cache[cache_key] = out
