@@ -68,11 +68,12 @@ async def fired_through(stack: Stack, start: int) -> None:
         await asyncio.sleep(0.3)
 
 
-def problems(stack: Stack, switch: int) -> list[str]:
+def problems(stack: Stack, switch: int, until: int) -> list[str]:
+    """What differs from the reference in the windows that end by ``until``."""
     found: list[str] = []
     for name, window in (("10s", 10 * S), ("1m", 60 * S)):
-        ref = reference(stack, window)
-        rows = tier(stack, name)
+        ref = {s: r for s, r in reference(stack, window).items() if s + window <= until}
+        rows = {s: r for s, r in tier(stack, name).items() if s + window <= until}
         if set(rows) != set(ref):
             found.append(f"{name}: windows {sorted(rows)} != raw's {sorted(ref)}")
         first = -(-switch // window) * window  # the first window wholly after the switch
@@ -90,11 +91,13 @@ async def test_a_counter_declared_in_the_log_is_exact_from_its_switch_at_every_t
     from aiokafka import AIOKafkaProducer
 
     stack: Stack = await stack_factory(partitions=1)
+    # no idle advance: every watermark comes from the data, so the switch is where the log
+    # says (an idle advance to the wall clock would move it to "now")
     worker = stack.worker(
         "w1",
         METRICSFLOW_TIERS=TIERS,
         METRICSFLOW_ALLOWED_LATENESS="2s",
-        METRICSFLOW_IDLE_TIMEOUT="1s",
+        METRICSFLOW_IDLE_TIMEOUT="10m",
     )
     now = time.time_ns()
     t0 = now - now % (60 * S) - 5 * 60 * S  # five minutes ago, on a minute
@@ -109,14 +112,18 @@ async def test_a_counter_declared_in_the_log_is_exact_from_its_switch_at_every_t
         return out
 
     post(stack, samples(0, 95))  # a gauge by every pattern: no increase_
-    await fired_through(stack, t0 + 80 * S)
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap)
     await producer.start()
     declared = KindDeclarations(stack.db, {"app_requests": DeclaredKind.COUNTER})
     for value_bytes, headers in encode_declarations(declared):
         await producer.send_and_wait(stack.topic, value_bytes, headers=headers, partition=0)
     await producer.stop()
+    # the watermark at the declaration is 93 s (bound 1 s): window 90 has not fired but window
+    # 80 is purged (lateness 2 s), so the switch is at 100 s (windows/declared.py)
+    switch = t0 + 100 * S
     post(stack, samples(95, 200))
+    post(stack, [f"tick,host=m v=1 {t0 + 215 * S}"])  # the watermark to 214 s: fires to 210 s
+    until = t0 + 210 * S
     # late points beyond the allowed lateness, after the switch: re-derived from InfluxDB
     await fired_through(stack, t0 + 190 * S)
     post(stack, [f"app_requests,host=a value=1000 {t0 + 123 * S + 500_000_000}"])
@@ -124,22 +131,17 @@ async def test_a_counter_declared_in_the_log_is_exact_from_its_switch_at_every_t
     deadline = time.monotonic() + 60
     found = ["not checked yet"]
     while found and time.monotonic() < deadline:
-        # watermark at the declaration ~94 s, lateness 2 s: window 90 is unfired but the window
-        # before it purged, so the switch is at 90 s or 100 s (windows/declared.py)
-        counted = [start for start, row in tier(stack, "10s").items() if row[0] is not None]
-        switch = min(counted, default=t0 + 100 * S)
-        assert switch in (t0 + 90 * S, t0 + 100 * S), (switch - t0) / S
-        found = problems(stack, switch)
+        found = problems(stack, switch, until)
         await asyncio.sleep(1)
     assert not found, found[:8]
     stable = time.monotonic() + 10
     while time.monotonic() < stable:
-        found = problems(stack, switch)
+        found = problems(stack, switch, until)
         assert not found, ("changed after the first match", found[:8])
         await asyncio.sleep(1)
     ten = tier(stack, "10s")
-    assert ten[t0 + 80 * S][0] is None  # fired as a gauge before the declaration
-    assert all(ten[start][0] is not None for start in ten if start >= switch)
+    assert ten[t0 + 90 * S][0] is None  # fired as a gauge: the window before the switch
+    assert all(ten[start][0] is not None for start in ten if switch <= start < until)
     metrics = metrics_of(worker)
     assert metrics['metricsflow_worker_tier_declared_kinds_total{tier="10s"}'] == 1
     assert metrics['metricsflow_worker_tier_corrections_total{tier="10s"}'] > 0
