@@ -30,6 +30,9 @@ class StateBackendConfig:
     - ``rocksdb_write_buffer_budget_bytes``: all memtables of the process together (a shared
       write-buffer manager, charged to the block cache).
     - ``rocksdb_max_open_files``: open SST files per instance.
+    - ``rocksdb_tune_malloc``: glibc's malloc with one arena for all threads (set at the first
+      RocksDB backend of the process), and the memory it keeps free given back to the OS once
+      per completed checkpoint (process-wide; see ``metricsflow.state.allocator``).
     """
 
     backend: BackendName = "heap"
@@ -38,6 +41,7 @@ class StateBackendConfig:
     rocksdb_write_buffer_bytes: int = 8 << 20
     rocksdb_write_buffer_budget_bytes: int = 64 << 20
     rocksdb_max_open_files: int = 256
+    rocksdb_tune_malloc: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in ("heap", "rocksdb"):
@@ -73,4 +77,5 @@ class StateBackendConfig:
             write_buffer_bytes=self.rocksdb_write_buffer_bytes,
             write_buffer_budget_bytes=self.rocksdb_write_buffer_budget_bytes,
             max_open_files=self.rocksdb_max_open_files,
+            tune_malloc=self.rocksdb_tune_malloc,
         )

@@ -10,7 +10,8 @@ Layout decisions (see docs/state.md):
   restoring one key group never touches another's data.
 - Memory is bounded across instances, and across every RocksDB backend of the process, by one
   shared LRU **block cache** and one shared **write-buffer manager** (memtables, charged to
-  the cache), both sized in ``StateBackendConfig``.
+  the cache), both sized in ``StateBackendConfig``; glibc's malloc uses one arena and gives
+  back what it keeps free after each checkpoint (``metricsflow.state.allocator``).
 - The **WAL is disabled**: the local instance is a cache of the state, and checkpoints are
   its durability (as in Flink). A RocksDB checkpoint flushes the memtables first.
 - Values are stored serialized with their state's registered serializer (current version).
@@ -46,6 +47,7 @@ import rocksdict
 
 from metricsflow.errors import StateError
 from metricsflow.state import snapshot_format
+from metricsflow.state.allocator import limit_arenas, release_after_checkpoint
 from metricsflow.state.base import AsyncSnapshot, KeyedStateBackend, StateDescriptor
 from metricsflow.state.handles import CheckpointStorage, KeyGroupStateHandle, StreamStateHandle
 from metricsflow.state.heap import (
@@ -113,6 +115,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         write_buffer_bytes: int = 8 << 20,
         write_buffer_budget_bytes: int = 64 << 20,
         max_open_files: int = 256,
+        tune_malloc: bool = True,
     ) -> None:
         self.owner = _sanitize_owner(owner)
         self._temp_root = local_dir is None
@@ -121,9 +124,12 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         if os.path.exists(self._dir):  # the local instance is disposable: checkpoints are truth
             shutil.rmtree(self._dir)
         os.makedirs(self._dir)
+        if tune_malloc:  # before RocksDB starts its threads (metricsflow.state.allocator)
+            limit_arenas(1)
         self._cache, self._wbm = _shared_memory(block_cache_bytes, write_buffer_budget_bytes)
         self._write_buffer_bytes = write_buffer_bytes
         self._max_open_files = max_open_files
+        self._tune_malloc = tune_malloc
         write_opts: Any = rocksdict.WriteOptions()
         write_opts.disable_wal = True  # a property at run time (the stub says a method)
         self._write_opts = write_opts
@@ -378,6 +384,8 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
             checkpoint_id,
             len(done),
         )
+        if self._tune_malloc:
+            release_after_checkpoint(checkpoint_id)
 
     def restore(self, handles: Sequence[KeyGroupStateHandle], storage: CheckpointStorage) -> None:
         for handle in handles:
