@@ -148,11 +148,13 @@ class Lexer:
         self.text = text
         self.pos = 0
 
-    def _skip_space(self) -> None:
+    def _skip_space(self, comments: bool = True) -> None:
         text = self.text
         while self.pos < len(text):
             if text[self.pos].isspace():
                 self.pos += 1
+            elif not comments:
+                break
             elif text.startswith("--", self.pos):
                 end = text.find("\n", self.pos)
                 self.pos = len(text) if end < 0 else end + 1
@@ -165,8 +167,10 @@ class Lexer:
                 break
 
     def scan(self, regex: bool = False) -> Token:
-        """The next token; a leading ``/`` is a regex when ``regex`` is true."""
-        self._skip_space()
+        """The next token; a leading ``/`` is a regex when ``regex`` is true (then only white
+        space is skipped before it, as InfluxDB's ``parseRegex`` does: ``=~ /*/`` is a regex,
+        not a comment)."""
+        self._skip_space(comments=not regex)
         text, start = self.text, self.pos
         if start >= len(text):
             return Token("EOF", "", start)

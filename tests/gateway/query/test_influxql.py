@@ -310,3 +310,12 @@ def test_a_regex_ending_in_an_unpaired_backslash_cannot_be_rendered() -> None:
     assert regex_is_expressible("a\\\\")
     with pytest.raises(ValueError, match="unpaired backslash"):
         render_regex("a\\")
+
+
+def test_a_regex_starting_with_a_star_is_a_regex_not_a_comment_as_influxdb_reads_it() -> None:
+    """InfluxDB's parser scans a regex wherever one may stand (after ``=~``, as a source, a
+    dimension or an operand) skipping only white space, so ``/*/`` there is the regex ``*``
+    (hypothesis found the render of ``RegexLit("*")`` read back as a comment)."""
+    stmt = parse_select('SELECT count("v") FROM "m" WHERE host =~ /*/')
+    assert stmt.condition == BinaryExpr("=~", VarRef("host"), RegexLit("*"))
+    assert parse_select("SELECT v FROM m /* a comment */").sources[0].name == "m"
