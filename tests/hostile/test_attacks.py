@@ -219,7 +219,8 @@ async def test_slow_header_clients_are_cut_off_and_connections_are_bounded(
     for answer, held_s in results:
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert b"GATEWAY_HEADER_TIMEOUT_S" in answer
-        assert HEADER_TIMEOUT_S <= held_s < HEADER_TIMEOUT_S + 2
+        # an event loop may run a timer a hair early (1.9999992 s for 2 s was seen)
+        assert HEADER_TIMEOUT_S - 0.05 <= held_s < HEADER_TIMEOUT_S + 2
     assert_bounded(watch, hostile)
     # Idle connections up to the bound: one more is answered 503 at once, naming the limit,
     # until the head timeout has closed the idle ones.
