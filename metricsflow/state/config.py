@@ -33,6 +33,9 @@ class StateBackendConfig:
     - ``rocksdb_tune_malloc``: glibc's malloc with one arena for all threads (set at the first
       RocksDB backend of the process), and the memory it keeps free given back to the OS once
       per completed checkpoint (process-wide; see ``metricsflow.state.allocator``).
+    - ``rocksdb_compaction_wait_s``: a checkpoint flushes the memtables, then waits at most
+      this long (in all, per snapshot) for the compactions the flushes started, so it never
+      references level-0 files about to be replaced (0: do not wait).
     """
 
     backend: BackendName = "heap"
@@ -42,6 +45,7 @@ class StateBackendConfig:
     rocksdb_write_buffer_budget_bytes: int = 64 << 20
     rocksdb_max_open_files: int = 256
     rocksdb_tune_malloc: bool = True
+    rocksdb_compaction_wait_s: float = 0.25
 
     def __post_init__(self) -> None:
         if self.backend not in ("heap", "rocksdb"):
@@ -56,6 +60,11 @@ class StateBackendConfig:
             value = getattr(self, name)
             if value < (1 << 20):
                 raise ConfigurationError(f"{name} must be at least 1 MiB, got {value!r}")
+        if not 0 <= self.rocksdb_compaction_wait_s <= 60:
+            raise ConfigurationError(
+                "rocksdb_compaction_wait_s must be between 0 and 60 s, "
+                f"got {self.rocksdb_compaction_wait_s!r}"
+            )
         if self.rocksdb_max_open_files < 16 and self.rocksdb_max_open_files != -1:
             raise ConfigurationError(
                 "rocksdb_max_open_files must be -1 (unlimited) or at least 16, "
@@ -78,4 +87,5 @@ class StateBackendConfig:
             write_buffer_budget_bytes=self.rocksdb_write_buffer_budget_bytes,
             max_open_files=self.rocksdb_max_open_files,
             tune_malloc=self.rocksdb_tune_malloc,
+            compaction_wait_s=self.rocksdb_compaction_wait_s,
         )

@@ -116,6 +116,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         write_buffer_budget_bytes: int = 64 << 20,
         max_open_files: int = 256,
         tune_malloc: bool = True,
+        compaction_wait_s: float = 0.25,
     ) -> None:
         self.owner = _sanitize_owner(owner)
         self._temp_root = local_dir is None
@@ -130,6 +131,7 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         self._write_buffer_bytes = write_buffer_bytes
         self._max_open_files = max_open_files
         self._tune_malloc = tune_malloc
+        self._compaction_wait_s = compaction_wait_s
         write_opts: Any = rocksdict.WriteOptions()
         write_opts.disable_wal = True  # a property at run time (the stub says a method)
         self._write_opts = write_opts
@@ -336,6 +338,9 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
         incremental: bool = True,
     ) -> AsyncSnapshot:
         captured: list[_Captured] = []
+        self._settle(
+            [i for kg in sorted(set(key_groups)) if (i := self._instances.get(kg)) is not None]
+        )
         for key_group in sorted(set(key_groups)):
             inst = self._instances.get(key_group)
             serializers = (
@@ -362,6 +367,28 @@ class RocksDBKeyedStateBackend(KeyedStateBackend):
                 base = dict(self._confirmed.get(key_group, {}))
             captured.append(_Captured(key_group, checkpoint_dir, serializers, base))
         return _RocksDBAsyncSnapshot(self, checkpoint_id, captured, storage, incremental)
+
+    def _settle(self, instances: Sequence[_Instance]) -> None:
+        """Flush the memtables, then wait (at most ``compaction_wait_s`` in all) for the
+        compactions those flushes started: a checkpoint taken right after would reference (and
+        upload) level-0 files that the compaction is about to replace, so its size would depend
+        on a race (docs/state.md)."""
+        if self._compaction_wait_s <= 0 or not instances:
+            return
+        for inst in instances:
+            for cf in inst.cfs.values():
+                cf.flush()
+        started = time.monotonic()
+        deadline = started + self._compaction_wait_s
+        while time.monotonic() < deadline and any(_compacting(inst) for inst in instances):
+            time.sleep(0.005)
+        waited = time.monotonic() - started
+        if waited >= self._compaction_wait_s:
+            log.info(
+                "checkpoint did not wait for compactions to end owner=%s waited_s=%.3f",
+                self.owner,
+                waited,
+            )
 
     def _record_uploads(
         self, checkpoint_id: int, key_group: int, ssts: dict[str, StreamStateHandle]
@@ -605,3 +632,10 @@ class _RocksDBAsyncSnapshot(AsyncSnapshot):
         return full_snapshot_handle(
             cap.key_group, self._backend.name, self._storage.write_file(path, blob), sections
         )
+
+
+def _compacting(inst: _Instance) -> bool:
+    """Whether a compaction runs, or is due, in the instance."""
+    if inst.db.property_int_value("rocksdb.num-running-compactions"):
+        return True
+    return any(cf.property_int_value("rocksdb.compaction-pending") for cf in inst.cfs.values())

@@ -140,3 +140,23 @@ def test_full_snapshot_is_self_contained_without_shared_files(
     assert handles[0].metadata["kind"] == "full"
     assert storage.list_dir("shared") == []
     assert [h.path for h in handles[0].private] == ["chk-7/op/kg-0.mfks"]
+
+
+def test_a_checkpoint_waits_for_the_compaction_its_own_flush_started(tmp_path: Path) -> None:
+    """Every snapshot flushes one level-0 file; the fourth starts a compaction (RocksDB's
+    trigger is 4 files). The checkpoint waits for it, so it references the compacted file,
+    not the four it replaces (which would make checkpoint sizes depend on a race)."""
+    backend = RocksDBKeyedStateBackend(str(tmp_path / "local"), "op", compaction_wait_s=30)
+    backend.register(StateDescriptor("counts", INT64))
+    storage = FsCheckpointStorage(str(tmp_path / "chk"))
+    try:
+        sst_counts = []
+        for checkpoint_id in range(1, 5):
+            fill(backend, 0, 0, 2000)  # the same keys again: a compaction keeps one version
+            handles = backend.snapshot(checkpoint_id, [0], storage).run()
+            backend.notify_checkpoint_complete(checkpoint_id)
+            sst_counts.append(sum(1 for h in handles[0].shared if h.path.endswith(".sst")))
+        assert sst_counts[:3] == [1, 2, 3]
+        assert sst_counts[3] == 1, sst_counts
+    finally:
+        backend.close()
