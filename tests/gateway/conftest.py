@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from gateway.remote_write import WriteRequest
 from metricsflow.infra.gateway import GatewayConfig, GatewayServer
 from metricsflow.infra.kafka import KafkaServer
 from metricsflow.infra.process import free_port
@@ -129,3 +130,15 @@ async def read_topic(
         return records
     finally:
         await asyncio.shield(consumer.stop())
+
+
+def write_request_bytes(series: list[tuple[dict[str, str], list[tuple[float, int]]]]) -> bytes:
+    """A serialized ``prometheus.WriteRequest`` of ``(labels, [(value, t_ms)])`` series."""
+    req = WriteRequest()
+    for labels, samples in series:
+        ts = req.timeseries.add()
+        for k, v in labels.items():
+            ts.labels.add(name=k, value=v)
+        for value, t_ms in samples:
+            ts.samples.add(value=value, timestamp=t_ms)
+    return bytes(req.SerializeToString())

@@ -14,11 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.remote_write import WriteRequest
 from metricsflow.errors import ParseError
 from metricsflow.model.lineprotocol import parse_line, split_lines
 from metricsflow.model.point import Point, Unsigned
-from tests.gateway.conftest import GatewayFactory, read_topic
+from tests.gateway.conftest import GatewayFactory, read_topic, write_request_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -179,14 +178,7 @@ async def test_the_json_endpoint_writes_typed_fields_and_names_the_bad_point(
 
 
 def remote_write_body(series: list[tuple[dict[str, str], list[tuple[float, int]]]]) -> bytes:
-    req = WriteRequest()
-    for labels, samples in series:
-        ts = req.timeseries.add()
-        for k, v in labels.items():
-            ts.labels.add(name=k, value=v)
-        for value, t_ms in samples:
-            ts.samples.add(value=value, timestamp=t_ms)
-    return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
+    return bytes(cramjam.snappy.compress_raw(write_request_bytes(series)))
 
 
 async def test_remote_write_maps_name_to_measurement_and_drops_stale_markers_on_purpose(

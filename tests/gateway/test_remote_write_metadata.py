@@ -18,11 +18,11 @@ from gateway.declarations import AnnouncedKinds, declared_kinds
 from gateway.decoding import remote_write_to_line_protocol, shutdown_decoder
 from gateway.metrics import GatewayMetrics
 from gateway.producer import KafkaWriter
-from gateway.remote_write import WriteRequest, decode_write_request
+from gateway.remote_write import decode_write_request
 from gateway.settings import GatewaySettings
 from metricsflow.model.declarations import DeclaredKind, PromMetricType
 from metricsflow.model.lineprotocol import DEFAULT_LIMITS
-from tests.gateway.conftest import GatewayFactory, read_topic
+from tests.gateway.conftest import GatewayFactory, read_topic, write_request_bytes
 
 C, G = DeclaredKind.COUNTER, DeclaredKind.GAUGE
 
@@ -56,15 +56,7 @@ def metadata_bytes(entries: list[tuple[int, str, str, str]]) -> bytes:
     return out
 
 
-def samples_bytes(series: list[tuple[dict[str, str], list[tuple[float, int]]]]) -> bytes:
-    req = WriteRequest()
-    for labels, samples in series:
-        ts = req.timeseries.add()
-        for k, v in labels.items():
-            ts.labels.add(name=k, value=v)
-        for value, t_ms in samples:
-            ts.samples.add(value=value, timestamp=t_ms)
-    return bytes(req.SerializeToString())
+samples_bytes = write_request_bytes
 
 
 entries_st = st.lists(

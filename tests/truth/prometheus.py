@@ -207,6 +207,35 @@ def wait_for_windows(
         time.sleep(1)
 
 
+def assert_prometheus_agrees(
+    client: httpx.Client,
+    selector: str,
+    window_ms: int,
+    end: int,
+    inside: list[tuple[int, float]],
+    before: float,
+    ours: tuple[float, int],
+    where: object,
+) -> None:
+    """Prometheus' ``increase()``/``resets()`` of ``selector`` over ``[end - W, end]`` equal
+    our window's ``(increase_, resets_)`` without the boundary pair (``before`` -> the first
+    sample ``inside``), extrapolated as Prometheus does (module docstring)."""
+    increase, resets = ours
+    first = inside[0][1]
+    boundary = first - before if first >= before else first
+    q = {"time": f"{end / 1000:.3f}"}
+    width = f"{window_ms // 1000}s"
+    answers = [
+        client.get("/api/v1/query", params={**q, "query": f"{fn}({selector}[{width}])"}).json()
+        for fn in ("increase", "resets")
+    ]
+    prom_inc, prom_res = (float(a["data"]["result"][0]["value"][1]) for a in answers)
+    # ours minus the boundary pair is the in-range increase Prometheus starts from
+    expected = extrapolate(increase - boundary, inside, end - window_ms, end)
+    assert prom_inc == pytest.approx(expected, rel=1e-9, abs=1e-12), where
+    assert int(prom_res) == resets - int(first < before), where
+
+
 def check_against_prometheus(
     stack: Stack,
     prom: PrometheusServer,
@@ -224,7 +253,6 @@ def check_against_prometheus(
     returns how many (series, window) pairs were compared."""
     client = httpx.Client(base_url=prom.url, timeout=10)
     wait_for_windows(client, window_ms, windows or 2, settle_ms, 120 + 4 * window_ms / 1000)
-    width = f"{window_ms // 1000}s"
     checked = 0
     for selector in SERIES:
         found = client.get("/api/v1/query", params={"query": f"{selector}[{lookback}]"}).json()
@@ -249,23 +277,10 @@ def check_against_prometheus(
             if inside != mine or len(inside) < 2:
                 continue  # a sample exactly 1 ms before the window: ranges differ
             before = [s for s in samples if s[0] < start][-1][1]
-            first = inside[0][1]
-            boundary = first - before if first >= before else first
-            boundary_reset = int(first < before)
             assert start in ours, (selector, start, sorted(ours))
-            increase, resets = ours[start]
-            q = {"time": f"{end / 1000:.3f}"}
-            prom_inc = client.get(
-                "/api/v1/query", params={**q, "query": f"increase({exact}[{width}])"}
-            ).json()["data"]["result"]
-            prom_res = client.get(
-                "/api/v1/query", params={**q, "query": f"resets({exact}[{width}])"}
-            ).json()["data"]["result"]
-            # ours minus the boundary pair is the in-range increase Prometheus starts from
-            expected = extrapolate(increase - boundary, inside, end - window_ms, end)
-            got_inc = float(prom_inc[0]["value"][1])
-            assert got_inc == pytest.approx(expected, rel=1e-9, abs=1e-12), (selector, start)
-            assert int(float(prom_res[0]["value"][1])) == resets - boundary_reset
+            assert_prometheus_agrees(
+                client, exact, window_ms, end, inside, before, ours[start], (selector, start)
+            )
             checked += 1
     assert checked >= min_checked, f"too few windows compared: {checked}"
     return checked
@@ -296,7 +311,6 @@ def check_declared_kinds(
     switch = min(ours)
     starts = range(switch, samples[-1][0] - 2 * window_ms, window_ms)
     exact = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-    width = f"{window_ms // 1000}s"
     compared = 0
     for start in starts:
         end = start + window_ms - 1
@@ -308,19 +322,9 @@ def check_declared_kinds(
         if inside != mine or len(inside) < 2 or not [s for s in samples if s[0] < start]:
             continue
         before = [s for s in samples if s[0] < start][-1][1]
-        first = inside[0][1]
-        boundary = first - before if first >= before else first
-        increase, resets = ours[start]
-        q = {"time": f"{end / 1000:.3f}"}
-        prom_inc = client.get(
-            "/api/v1/query", params={**q, "query": f"increase({exact}[{width}])"}
-        ).json()["data"]["result"]
-        prom_res = client.get(
-            "/api/v1/query", params={**q, "query": f"resets({exact}[{width}])"}
-        ).json()["data"]["result"]
-        expected = extrapolate(increase - boundary, inside, end - window_ms, end)
-        assert float(prom_inc[0]["value"][1]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
-        assert int(float(prom_res[0]["value"][1])) == resets - int(first < before)
+        assert_prometheus_agrees(
+            client, exact, window_ms, end, inside, before, ours[start], ("legacy", start)
+        )
         compared += 1
     assert compared >= 2, f"too few legacy_requests windows compared: {compared}"
     # its own partition's switch may come a window or two apart (another watermark)
